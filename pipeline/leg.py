@@ -1,4 +1,4 @@
-"""The call-leg interface: what every door (SIP, Twilio, FreeSWITCH, AudioSocket) gives a call's handler.
+"""The call-leg interface: what every door (SIP, Twilio, FreeSWITCH, AudioSocket) gives a call.
 
 Whatever the wire, a call inside Switchboard is the same thing: 20 ms frames of 16 kHz
 mono int16 PCM in, PCM out at any rate (resampled once by the leg to its wire rate,

@@ -1,0 +1,3 @@
+"""The Switchboard application: config, CLI, HTTP server, SIP listener, shutdown."""
+
+__version__ = "0.1.0"

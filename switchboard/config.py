@@ -1,0 +1,230 @@
+"""Configuration: one YAML file plus SWITCHBOARD_* environment overrides, validated.
+
+An override names a key path with double underscores: SWITCHBOARD_SIP__PORT=5070 sets
+sip.port. Values from the environment are parsed as YAML scalars ("5070" -> 5070,
+"[PCMU, PCMA]" -> a list). Every error names the file (or variable), the key, the line
+when the key came from the file, and what was expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "SWITCHBOARD_"
+_SECRETS = {("password",), ("api_key",), ("auth_token",)}  # never echoed in errors
+
+
+class ConfigError(Exception):
+    """A config file or override is wrong; the message says where and why."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrunkConfig(_Section):
+    """The SIP trunk Switchboard registers with and dials out through."""
+
+    registrar: str  # host[:port]
+    username: str
+    password: str = Field(default="", repr=False)
+    realm: str | None = None
+    domain: str | None = None  # the From/To domain, defaults to the registrar host
+    expires: int = Field(default=600, ge=60, le=86400)
+    transport: Literal["udp", "tcp"] = "udp"
+    register: bool = True
+
+
+class SipConfig(_Section):
+    listen: str = "0.0.0.0"
+    port: int = Field(default=5060, ge=1, le=65535)
+    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    advertised_address: str | None = None  # public address for SDP and Contact behind NAT
+    codecs: list[Literal["PCMU", "PCMA", "opus"]] = ["PCMU", "PCMA", "opus"]
+    rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
+    rtp_port_max: int = Field(default=30000, ge=1025, le=65535)
+    max_calls: int = Field(default=200, ge=1)
+    trusted_networks: list[str] = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
+                                   "192.168.0.0/16"]
+    media_timeout: float = Field(default=30.0, gt=0)
+    user_agent: str = "Switchboard"
+    trunk: TrunkConfig | None = None
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{net!r} is not a CIDR network ({e})") from None
+        return v
+
+    @model_validator(mode="after")
+    def _port_range(self) -> SipConfig:
+        if self.rtp_port_max - self.rtp_port_min < 2:
+            raise ValueError("rtp_port_max must be at least rtp_port_min + 2")
+        return self
+
+
+class HttpConfig(_Section):
+    listen: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=1, le=65535)
+
+
+class AsrConfig(_Section):
+    model_path: str | None = None  # None: the packaged Whisper tiny.en
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    compute_type: str = "int8"
+    language: str = "en"
+    cpu_threads: int = Field(default=2, ge=1)
+    hint: str | None = None
+
+
+class LlmConfig(_Section):
+    engine: Literal["llamacpp", "ollama", "openai"] = "llamacpp"
+    model_path: str | None = None  # llamacpp: None = the packaged SmolLM2-135M-Instruct
+    host: str = "http://127.0.0.1:11434"  # ollama / openai-compatible base URL
+    model: str = "llama3.2:1b"
+    api_key: str | None = Field(default=None, repr=False)
+    keep_alive: str = "30m"
+    max_tokens: int = Field(default=80, ge=1, le=4096)
+    temperature: float = Field(default=0.3, ge=0, le=2)
+    threads: int = Field(default=2, ge=1)
+    fallback_to_embedded: bool = True
+
+
+class TtsConfig(_Section):
+    engine: Literal["piper", "coqui"] = "piper"
+    voice_path: str | None = None  # piper: None = the packaged en_US-joe-medium
+    coqui_url: str = "http://127.0.0.1:5002"
+
+
+class LogConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Config(_Section):
+    agent: Literal["echo", "conversation"] = "conversation"
+    sip: SipConfig = SipConfig()
+    http: HttpConfig = HttpConfig()
+    asr: AsrConfig = AsrConfig()
+    llm: LlmConfig = LlmConfig()
+    tts: TtsConfig = TtsConfig()
+    log: LogConfig = LogConfig()
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = path + (str(k.value),)
+                lines[key] = k.start_mark.line + 1
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                lines[path + (str(i),)] = item.start_mark.line + 1
+                walk(item, path + (str(i),))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, tuple[tuple[str, ...], Any]]:
+    out: dict[str, tuple[tuple[str, ...], Any]] = {}
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        path = tuple(p.lower() for p in name[len(ENV_PREFIX):].split("__") if p)
+        if not path:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out[name] = (path, value)
+    return out
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any, source: str) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: {'.'.join(path)}: {part} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Read, merge and validate. `path` None means defaults plus environment."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read config file: {e.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+            lines = _key_lines(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
+        data = loaded
+
+    origin: dict[tuple[str, ...], str] = {}
+    for var, (key_path, value) in _env_overrides(env).items():
+        _set_path(data, key_path, value, f"environment {var}")
+        origin[key_path] = f"environment {var}"
+
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, source, lines, origin)) from None
+
+
+def _describe(
+    err: ValidationError,
+    source: str,
+    lines: dict[tuple[str, ...], int],
+    origin: dict[tuple[str, ...], str],
+) -> str:
+    msgs = []
+    for item in err.errors():
+        loc = tuple(str(p) for p in item["loc"])
+        key = ".".join(loc) or "(top level)"
+        where = source
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in origin:
+                where = origin[loc[:n]]
+                break
+            if loc[:n] in lines:
+                where = f"{source}, line {lines[loc[:n]]}"
+                break
+        problem = item["msg"]
+        if item["type"] == "extra_forbidden":
+            problem = "unknown key (check the spelling)"
+        elif "input" in item and item["type"] != "missing" and loc[-1:] not in _SECRETS:
+            problem += f" (got {item['input']!r})"
+        msgs.append(f"{where}: {key}: {problem}")
+    return "invalid configuration:\n  " + "\n  ".join(msgs)
