@@ -53,7 +53,10 @@ class SipConfig(_Section):
     max_calls: int = Field(default=200, ge=1)
     trusted_networks: list[str] = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
                                    "192.168.0.0/16"]
-    media_timeout: float = Field(default=30.0, gt=0)
+    media_timeout: float = Field(default=30.0, gt=0)  # hang up after this long without RTP
+    ring_seconds: float = Field(default=0.0, ge=0, le=60)  # 180 Ringing this long before 200
+    timer_t1: float = Field(default=0.5, gt=0, le=10)  # RFC 3261 T1 (RTT estimate)
+    timer_t2: float = Field(default=4.0, gt=0, le=60)  # RFC 3261 T2 (max non-INVITE retransmit)
     user_agent: str = "Switchboard"
     trunk: TrunkConfig | None = None
 
