@@ -43,7 +43,9 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python packages into .venv (llama-cpp-python compiles once, ~6 min)"
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
-  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q -e ".[dev]"
+  # compat mode: the checkout itself is on sys.path, so a new top-level package needs no reinstall
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" .venv/bin/python -m pip install -q \
+    --config-settings editable_mode=compat -e ".[dev]"
   echo "$want" > "$stamp"
 fi
 echo "setup: ready (.venv)"
