@@ -61,7 +61,8 @@ def test_serve_answers_health_and_metrics_then_stops_on_sigterm():
         body = None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2) as r:
+                url = f"http://127.0.0.1:{http_port}/healthz"
+                with urllib.request.urlopen(url, timeout=2) as r:
                     body = json.loads(r.read())
                 break
             except OSError:
