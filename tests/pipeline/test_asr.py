@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.asr import (
+    AsrResult,
+    WhisperSettings,
+    guard,
+    pcm16_to_float,
+    speech_level_dbfs,
+)
+
+S = WhisperSettings()
+
+
+def pcm(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def noise(seconds: float, dbfs: float, seed: int = 1) -> bytes:
+    rms = 10 ** (dbfs / 20)
+    return pcm(np.random.default_rng(seed).normal(0, rms, int(16000 * seconds)))
+
+
+# --- the guard, pure ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "no_speech", "logprob", "level", "why"),
+    [
+        ("Book a table for two.", 0.05, -0.3, -25.0, ""),
+        ("Book a table for two.", 0.9, -0.3, -25.0, ""),  # sure of its words: kept
+        ("Book a table for two.", 0.9, -1.4, -25.0, "no_speech"),
+        (" .", 0.2, -0.5, -25.0, "empty"),
+        ("[BLANK_AUDIO]", 0.2, -0.5, -25.0, "annotation"),
+        ("(music)", 0.2, -0.5, -25.0, "annotation"),
+        ("Thank you.", 0.3, -0.6, -50.0, "phantom"),
+        ("Thanks for watching!", 0.3, -0.6, -45.0, "phantom"),
+        ("Thank you.", 0.3, -0.6, -22.0, ""),  # said out loud: kept
+        ("Thank you, that's all.", 0.3, -0.6, -50.0, ""),  # more than the phantom
+    ],
+)
+def test_guard(text: str, no_speech: float, logprob: float, level: float, why: str) -> None:
+    assert guard(text, no_speech, logprob, level, S) == why
+
+
+def test_speech_level_ignores_surrounding_silence() -> None:
+    tone = 0.1 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000)  # -23 dBFS RMS
+    padded = np.concatenate([np.zeros(16000), tone, np.zeros(16000)])
+    assert speech_level_dbfs(tone) == pytest.approx(-23.0, abs=0.2)
+    assert speech_level_dbfs(padded) == pytest.approx(-23.0, abs=0.2)
+    assert speech_level_dbfs(np.zeros(320)) == -math.inf
+    assert speech_level_dbfs(np.zeros(0)) == -math.inf
+
+
+def test_pcm16_to_float_rejects_odd_bytes() -> None:
+    with pytest.raises(ValueError, match="even byte count"):
+        pcm16_to_float(b"\x00\x01\x02")
+    assert pcm16_to_float(b"\x00\x80").tolist() == [-1.0]
+
+
+# --- the real model -----------------------------------------------------------------
+
+
+def words(result: AsrResult) -> set[str]:
+    return {w.strip(".,!?").lower() for w in result.text.split()}
+
+
+@pytest.mark.slow
+def test_transcribes_a_piper_sentence(whisper_asr, piper_speech_16k) -> None:  # type: ignore[no-untyped-def]
+    audio = piper_speech_16k("I would like to book a table for dinner tomorrow.")
+    result = whisper_asr.transcribe(audio)
+    assert {"book", "table", "dinner", "tomorrow"} <= words(result), result
+    assert result.dropped == ""
+    assert result.language == "en"
+    assert result.duration == pytest.approx(len(audio) / 32000)
+    assert result.no_speech_prob < 0.5 and result.avg_logprob > -1.0
+
+
+@pytest.mark.slow
+def test_transcribes_espeak_with_silence_around(whisper_asr, espeak_speech_16k) -> None:  # type: ignore[no-untyped-def]
+    speech = espeak_speech_16k("Please call me back this afternoon.")
+    silence = bytes(16000)  # half a second either side, as the VAD leaves it
+    result = whisper_asr.transcribe(silence + speech + silence)
+    assert {"call", "back", "afternoon"} <= words(result), result
+
+
+@pytest.mark.slow
+def test_hint_steers_spelling(whisper_asr, piper_speech_16k) -> None:  # type: ignore[no-untyped-def]
+    audio = piper_speech_16k("My name is Kowalczyk.")
+    hinted = whisper_asr.transcribe(audio, hint="Kowalczyk")
+    assert "kowalczyk" in words(hinted), hinted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("audio", "why"),
+    [
+        (bytes(32000), {"silence"}),  # digital silence is not even decoded
+        (noise(1.0, -60), {"no_speech", "empty", "phantom"}),
+        (noise(1.0, -40), {"no_speech", "empty", "phantom"}),
+        (noise(1.5, -25, seed=7), {"no_speech", "empty", "phantom", "annotation"}),
+        (bytes(1000), {"too_short"}),
+    ],
+    ids=["digital-silence", "noise-60dB", "noise-40dB", "noise-25dB", "too-short"],
+)
+def test_silence_and_noise_give_nothing(whisper_asr, audio: bytes, why: set[str]) -> None:  # type: ignore[no-untyped-def]
+    result = whisper_asr.transcribe(audio)
+    assert result.text == ""
+    assert result.dropped in why, result
