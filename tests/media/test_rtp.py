@@ -201,9 +201,10 @@ def _zero_padding(data: bytes, padding: int) -> bytes:
 
 
 # Bias the fuzz towards version 2 so it reaches past the version check.
-fuzz = st.binary(max_size=120) | st.tuples(st.integers(0x80, 0xBF), st.binary(max_size=120)).map(
-    lambda t: bytes((t[0],)) + t[1]
-)
+fuzz = st.binary(max_size=120) | st.tuples(
+    st.sampled_from([0x80, 0x81, 0x90, 0xA0, 0xB1]) | st.integers(0x80, 0xBF),
+    st.binary(min_size=11, max_size=120),
+).map(lambda t: bytes((t[0],)) + t[1])
 
 
 @SETTINGS
