@@ -260,10 +260,10 @@ async def test_real_asr_in_a_worker_leaves_the_loop_free(
         job = asyncio.ensure_future(w.submit(lambda: whisper_asr.transcribe(audio)))
         ticks = 0
         while not job.done():
-            await asyncio.sleep(0)  # the loop keeps turning while Whisper decodes
+            await asyncio.sleep(0.01)  # the loop keeps turning while Whisper decodes
             ticks += 1
         assert "manager" in job.result().text.lower()
-        assert ticks > 10
+        assert ticks >= 2
     finally:
         w.close()
 
