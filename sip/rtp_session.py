@@ -462,10 +462,12 @@ class RtpSession(asyncio.DatagramProtocol):
                 # A handler bug must not silently stop the pacer calling us: end the call.
                 logger.exception("call handler raised in on_frame on RTP port %d", self.local_port)
                 self._fail("handler_error")
-        if self._params.sends:
+        if self._params.sends and not self._closed:  # a callback may have hung up
             self._send_next()
         if self._params.receives and now - self._last_rtp > self.options.media_timeout:
             self._fail("media_timeout")
+        if self._closed:
+            return
         if now >= self._next_sample:
             self._next_sample = now + 1.0
             self._metrics.jitter_delay_seconds.observe(self._inbound.stats.jitter.delay_seconds)

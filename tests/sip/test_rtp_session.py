@@ -583,6 +583,18 @@ async def test_handler_error_ends_the_call_but_not_the_media(make_call) -> None:
     assert len(recv_rtp(call.peer)) == 3
 
 
+async def test_hanging_up_from_a_callback_inside_the_tick(make_call) -> None:
+    holder: list[RtpSession] = []
+    call: Call = await make_call(on_frame=lambda frame: holder[0].close())
+    holder.append(call.session)
+    call.tick()
+    assert call.session.closed and call.ports.in_use == 0
+    rtp = recv_rtp(call.peer)
+    assert rtp == []  # nothing sent after the hang-up, in that tick or later
+    call.tick()
+    assert recv_rtp(call.peer) == []
+
+
 async def test_real_pacer_drives_the_session(make_call) -> None:
     clock = ManualClock(1000.0)
     pacer = Pacer(clock)
