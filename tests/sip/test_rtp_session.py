@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from media import g711
@@ -365,6 +367,31 @@ async def test_after_window_only_the_sdp_address_can_start_media(make_call) -> N
         assert call.session.stats.packets_in == 1
     finally:
         stranger.close()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.binary(max_size=80),
+    # Headers that get past the first checks: version 2, our payload types or RTCP types.
+    st.tuples(st.sampled_from([0x80, 0x81, 0x90, 0xA0, 0xBF]),
+              st.sampled_from([0, 101, 0x80, 0xE5, 200, 201, 202, 203]),
+              st.binary(max_size=60)).map(lambda t: bytes(t[:2]) + t[2]),
+), max_size=20))
+def test_any_datagram_is_handled_without_raising(datagrams: list[bytes]) -> None:
+    clock = ManualClock(5.0)
+    metrics = Metrics(CollectorRegistry())
+    session = RtpSession(
+        MediaParams(LOCAL, 5000, dtmf_payload_type=101), local_host=LOCAL, local_port=6000,
+        clock=clock, pacer=Pacer(clock), metrics=metrics, rng=random.Random(1),
+    )
+    for i, data in enumerate(datagrams):
+        session.datagram_received(data, (LOCAL, 5000))
+        session.rtcp_received(data, (LOCAL, 5001))
+        clock.advance(0.02)
+        session.tick(i)
+    stats = session.stats
+    assert stats.packets_in <= len(datagrams)
+    session.close()
 
 
 # -- DTMF -------------------------------------------------------------------------------
