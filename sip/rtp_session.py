@@ -204,7 +204,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._epoch = time.time() - clock.now() if epoch_offset is None else epoch_offset
         self._transport: asyncio.DatagramTransport | None = None
         self._rtcp_transport: asyncio.DatagramTransport | None = None
-        self._closed = False
+        self.closed = False
         self._failed: str | None = None
         # Our stream's identity: random initial values (RFC 3550 §5.1).
         self.ssrc = self._rng.getrandbits(32)
@@ -220,6 +220,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._packets_in = self._packets_out = 0
         self._payload_out = self._dtmf_in = self._dtmf_out = self._invalid = 0
         self._reported = {"in": 0, "out": 0, "lost": 0, "late": 0, "concealed": 0}
+        self._retired = (0, 0, 0)  # lost, late, concealed of chains replaced by re-INVITEs
         self._remote_block: rtcp_.ReportBlock | None = None
         self._rtt: float | None = None
         now = clock.now()
@@ -264,11 +265,11 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def close(self) -> None:
         """Stop media and release the port pair. Idempotent; sends RTCP BYE if it can."""
-        if self._closed:
+        if self.closed:
             return
         if self._transport is not None:
             self._send_rtcp(self._clock.now(), bye=True)
-        self._closed = True
+        self.closed = True
         self._pacer.remove(self.tick)
         for transport in (self._transport, self._rtcp_transport):
             if transport is not None:
@@ -276,10 +277,6 @@ class RtpSession(asyncio.DatagramProtocol):
         self._flush_metrics()
         if self._ports is not None:
             self._ports.release(self.local_port)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     @property
     def params(self) -> MediaParams:
@@ -304,6 +301,8 @@ class RtpSession(asyncio.DatagramProtocol):
             self._rtcp_addr: Addr | None = None
             self._learn_until = now + self.options.latch_window
         if first or info != self._codec or params.payload_type != old.payload_type:
+            if not first:  # keep the call's totals across the new chain
+                self._retired = self._jitter_totals()
             self._codec = info
             self._frame_ticks = info.clock_rate * PTIME_MS // 1000
             self._inbound = InboundMedia(info.name, payload_type=params.payload_type)
@@ -347,7 +346,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._dtmf_digits.extend(digits)
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
-        if self._closed:
+        if self.closed:
             return
         if is_rtcp(data):  # RFC 5761: RTCP may share the RTP port
             self.rtcp_received(data, (addr[0], addr[1]))
@@ -412,7 +411,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self._metrics.rtp_packets_invalid_total.labels(reason).inc()
 
     def rtcp_received(self, data: bytes, source: Addr) -> None:
-        if self._closed:
+        if self.closed:
             return
         try:
             packets = rtcp_.parse_compound(data)
@@ -444,7 +443,7 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def tick(self, index: int) -> None:
         """The pacer's 20 ms tick: one frame to the handler, one packet to the far end."""
-        if self._closed:
+        if self.closed:
             return
         now = self._clock.now()
         if self._last_tick is not None:
@@ -462,11 +461,11 @@ class RtpSession(asyncio.DatagramProtocol):
                 # A handler bug must not silently stop the pacer calling us: end the call.
                 logger.exception("call handler raised in on_frame on RTP port %d", self.local_port)
                 self._fail("handler_error")
-        if self._params.sends and not self._closed:  # a callback may have hung up
+        if self._params.sends and not self.closed:  # a callback may have hung up
             self._send_next()
         if self._params.receives and now - self._last_rtp > self.options.media_timeout:
             self._fail("media_timeout")
-        if self._closed:
+        if self.closed:
             return
         if now >= self._next_sample:
             self._next_sample = now + 1.0
@@ -560,15 +559,19 @@ class RtpSession(asyncio.DatagramProtocol):
             parts.append(rtcp_.Bye((self.ssrc,)))
         transport.sendto(rtcp_.build_compound(parts), dest)
 
+    def _jitter_totals(self) -> tuple[int, int, int]:
+        j, (lost, late, concealed) = self._inbound.stats.jitter, self._retired
+        return lost + j.lost, late + j.late, concealed + j.concealed
+
     def _flush_metrics(self) -> None:
         m, seen = self._metrics, self._reported
-        jitter = self._inbound.stats.jitter
+        lost, late, concealed = self._jitter_totals()
         for key, value, counter in (
             ("in", self._packets_in, m.rtp_packets_received_total),
             ("out", self._packets_out, m.rtp_packets_sent_total),
-            ("lost", jitter.lost, m.rtp_packets_lost_total),
-            ("late", jitter.late, m.jitter_late_total),
-            ("concealed", jitter.concealed, m.jitter_concealed_frames_total),
+            ("lost", lost, m.rtp_packets_lost_total),
+            ("late", late, m.jitter_late_total),
+            ("concealed", concealed, m.jitter_concealed_frames_total),
         ):
             if value > seen[key]:
                 counter.inc(value - seen[key])
@@ -576,11 +579,12 @@ class RtpSession(asyncio.DatagramProtocol):
 
     @property
     def stats(self) -> RtpStats:
-        jitter, block, rate = self._inbound.stats.jitter, self._remote_block, self._codec.clock_rate
+        block, rate = self._remote_block, self._codec.clock_rate
+        lost, late, concealed = self._jitter_totals()
         return RtpStats(
             packets_in=self._packets_in, packets_out=self._packets_out,
             dtmf_in=self._dtmf_in, dtmf_out=self._dtmf_out, invalid=self._invalid,
-            lost=jitter.lost, late=jitter.late, concealed=jitter.concealed,
+            lost=lost, late=late, concealed=concealed,
             jitter_seconds=self._reception.jitter / rate,
             remote_fraction_lost=block.fraction_lost / 256 if block else None,
             remote_lost=block.cumulative_lost if block else None,

@@ -562,12 +562,23 @@ async def test_reinvite_moves_the_remote_and_restarts_learning(make_call) -> Non
 
 async def test_reinvite_codec_change(make_call) -> None:
     call: Call = await make_call()
+    for i in range(10):
+        data = call.packet(b"\x10" * 160)
+        if i != 4:
+            await call.deliver(data)
+        call.tick()
+    call.tick(5)
+    assert call.session.stats.lost == 1
+    recv_rtp(call.peer)
     call.session.update(replace(call.session.params, codec="PCMA", payload_type=8))
     call.tick()
     (packet,) = recv_rtp(call.peer)
     assert packet.payload_type == 8 and packet.payload == g711.ALAW_SILENCE * 160
     await call.deliver(call.packet(pt=0))
     assert call.invalid("payload_type") == 1
+    assert call.session.stats.lost == 1  # the call's totals survive the new decoder chain
+    call.session.close()
+    assert call.metrics.registry.get_sample_value("switchboard_rtp_packets_lost_total") == 1
 
 
 async def test_bad_params_raise() -> None:
