@@ -160,7 +160,7 @@ def test_server_error_500(ollama_server: FakeOllama, make) -> None:  # type: ign
 def test_connection_dropped_mid_answer(ollama_server: FakeOllama, make) -> None:  # type: ignore[no-untyped-def]
     ollama_server.mode, ollama_server.fail_after = "close", 3
     got: list[str] = []
-    with pytest.raises(LlmStreamError, match="broke|ended"):
+    with pytest.raises(LlmStreamError, match=r"broke|ended"):
         for piece in make(ollama_server).stream_chat(QUESTION):
             got.append(piece)
     assert got == list(DEFAULT_REPLY[:3])
