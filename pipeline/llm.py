@@ -155,7 +155,7 @@ class OllamaSettings:
     model: str  # as pulled: "llama3.2:1b", "qwen2.5:0.5b", ...
     host: str = "http://127.0.0.1:11434"
     keep_alive: str = "30m"  # Ollama unloads an idle model after 5 minutes by default
-    timeout_s: float = 30.0  # longest silence allowed between two pieces of the answer
+    timeout_s: float = 10.0  # longest silence between two pieces (bounds a hung server)
     connect_timeout_s: float = 3.0
     num_ctx: int | None = None
 
@@ -237,7 +237,7 @@ class OpenAICompatSettings:
     base_url: str  # up to and including the version: "http://127.0.0.1:8000/v1"
     model: str
     api_key: str = ""
-    timeout_s: float = 30.0  # connect, and longest silence between two pieces
+    timeout_s: float = 10.0  # connect, and longest silence between two pieces
 
 
 class OpenAICompatEngine:

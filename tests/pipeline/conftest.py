@@ -6,6 +6,7 @@ import subprocess
 import wave
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,6 +15,12 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.metrics import Metrics
 
+if TYPE_CHECKING:
+    from pipeline.asr import WhisperAsr
+    from pipeline.llm import LlamaCppEngine
+    from pipeline.tts import PiperTts
+    from tests.pipeline.fake_ollama import FakeOllama
+
 
 @pytest.fixture
 def metrics() -> Metrics:
@@ -21,21 +28,21 @@ def metrics() -> Metrics:
 
 
 @pytest.fixture(scope="session")
-def whisper_asr():  # type: ignore[no-untyped-def]
+def whisper_asr() -> WhisperAsr:
     from pipeline.asr import WhisperAsr
 
     return WhisperAsr()
 
 
 @pytest.fixture(scope="session")
-def piper_tts():  # type: ignore[no-untyped-def]
+def piper_tts() -> PiperTts:
     from pipeline.tts import PiperTts
 
     return PiperTts()
 
 
 @pytest.fixture(scope="session")
-def llama_llm():  # type: ignore[no-untyped-def]
+def llama_llm() -> LlamaCppEngine:
     from pipeline.llm import LlamaCppEngine
 
     return LlamaCppEngine()
@@ -48,7 +55,7 @@ def to_16k(pcm: bytes, rate: int) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def piper_speech_16k(piper_tts) -> Callable[[str], bytes]:  # type: ignore[no-untyped-def]
+def piper_speech_16k(piper_tts: PiperTts) -> Callable[[str], bytes]:
     """Text -> 16 kHz PCM spoken by the packaged Piper voice, cached per text."""
     cache: dict[str, bytes] = {}
 
@@ -76,7 +83,7 @@ def espeak_speech_16k(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str
 
 
 @pytest.fixture(scope="session")
-def fake_ollama() -> Iterator[object]:
+def fake_ollama() -> Iterator[FakeOllama]:
     from tests.pipeline.fake_ollama import FakeOllama
 
     server = FakeOllama()
@@ -88,7 +95,7 @@ def fake_ollama() -> Iterator[object]:
 
 
 @pytest.fixture
-def ollama_server(fake_ollama):  # type: ignore[no-untyped-def]
+def ollama_server(fake_ollama: FakeOllama) -> FakeOllama:
     """The shared fake, reset to its default behaviour for each test."""
     fake_ollama.reset()
     return fake_ollama

@@ -194,7 +194,6 @@ class FakeOllama:
             self.disconnects += 1
         return resp
 
-
     async def _hang(self, request: web.Request) -> None:
         """Send nothing until reset/stop, noting when the client gives up and closes."""
         while not self._release.is_set():

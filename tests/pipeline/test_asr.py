@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from pipeline.asr import (
     AsrResult,
+    WhisperAsr,
     WhisperSettings,
     guard,
     pcm16_to_float,
@@ -70,7 +72,9 @@ def words(result: AsrResult) -> set[str]:
 
 
 @pytest.mark.slow
-def test_transcribes_a_piper_sentence(whisper_asr, piper_speech_16k) -> None:  # type: ignore[no-untyped-def]
+def test_transcribes_a_piper_sentence(
+    whisper_asr: WhisperAsr, piper_speech_16k: Callable[[str], bytes]
+) -> None:
     audio = piper_speech_16k("I would like to book a table for dinner tomorrow.")
     result = whisper_asr.transcribe(audio)
     assert {"book", "table", "dinner", "tomorrow"} <= words(result), result
@@ -81,7 +85,9 @@ def test_transcribes_a_piper_sentence(whisper_asr, piper_speech_16k) -> None:  #
 
 
 @pytest.mark.slow
-def test_transcribes_espeak_with_silence_around(whisper_asr, espeak_speech_16k) -> None:  # type: ignore[no-untyped-def]
+def test_transcribes_espeak_with_silence_around(
+    whisper_asr: WhisperAsr, espeak_speech_16k: Callable[[str], bytes]
+) -> None:
     speech = espeak_speech_16k("Please call me back this afternoon.")
     silence = bytes(16000)  # half a second either side, as the VAD leaves it
     result = whisper_asr.transcribe(silence + speech + silence)
@@ -89,7 +95,9 @@ def test_transcribes_espeak_with_silence_around(whisper_asr, espeak_speech_16k) 
 
 
 @pytest.mark.slow
-def test_hint_steers_spelling(whisper_asr, piper_speech_16k) -> None:  # type: ignore[no-untyped-def]
+def test_hint_steers_spelling(
+    whisper_asr: WhisperAsr, piper_speech_16k: Callable[[str], bytes]
+) -> None:
     audio = piper_speech_16k("My name is Kowalczyk.")
     hinted = whisper_asr.transcribe(audio, hint="Kowalczyk")
     assert "kowalczyk" in words(hinted), hinted
@@ -107,7 +115,9 @@ def test_hint_steers_spelling(whisper_asr, piper_speech_16k) -> None:  # type: i
     ],
     ids=["digital-silence", "noise-60dB", "noise-40dB", "noise-25dB", "too-short"],
 )
-def test_silence_and_noise_give_nothing(whisper_asr, audio: bytes, why: set[str]) -> None:  # type: ignore[no-untyped-def]
+def test_silence_and_noise_give_nothing(
+    whisper_asr: WhisperAsr, audio: bytes, why: set[str]
+) -> None:
     result = whisper_asr.transcribe(audio)
     assert result.text == ""
     assert result.dropped in why, result

@@ -45,10 +45,7 @@ def test_first_chunk_at_short_sentence_end() -> None:
 
 
 def test_later_chunks_only_at_sentence_ends_unless_long() -> None:
-    text = (
-        "Hello there. We open at nine, close at five, and on weekends we open late. "
-        "Thanks."
-    )
+    text = "Hello there. We open at nine, close at five, and on weekends we open late. Thanks."
     assert chunk_all(by_chars(text)) == [
         "Hello there.",
         "We open at nine, close at five, and on weekends we open late.",

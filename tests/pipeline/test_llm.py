@@ -11,6 +11,7 @@ from pipeline.chunking import speech_chunks
 from pipeline.llm import (
     DEFAULT_SYSTEM_PROMPT,
     ConversationHistory,
+    LlamaCppEngine,
     LlmEngine,
     LlmError,
     LlmHttpError,
@@ -22,6 +23,7 @@ from pipeline.llm import (
     OpenAICompatEngine,
     OpenAICompatSettings,
 )
+from pipeline.metrics import Metrics
 from pipeline.workers import ModelWorker
 from tests.pipeline.fake_ollama import DEFAULT_MODEL, DEFAULT_REPLY, FakeOllama
 
@@ -149,7 +151,7 @@ def test_ollama_unknown_model_is_an_http_error(ollama_server: FakeOllama) -> Non
 
 
 @pytest.mark.parametrize("make", ENGINES)
-def test_server_error_500(ollama_server: FakeOllama, make) -> None:  # type: ignore[no-untyped-def]
+def test_server_error_500(ollama_server: FakeOllama, make: Callable[..., LlmEngine]) -> None:
     ollama_server.mode = "error"
     with pytest.raises(LlmHttpError, match="llama runner process has terminated") as caught:
         list(make(ollama_server).stream_chat(QUESTION))
@@ -157,7 +159,9 @@ def test_server_error_500(ollama_server: FakeOllama, make) -> None:  # type: ign
 
 
 @pytest.mark.parametrize("make", ENGINES)
-def test_connection_dropped_mid_answer(ollama_server: FakeOllama, make) -> None:  # type: ignore[no-untyped-def]
+def test_connection_dropped_mid_answer(
+    ollama_server: FakeOllama, make: Callable[..., LlmEngine]
+) -> None:
     ollama_server.mode, ollama_server.fail_after = "close", 3
     got: list[str] = []
     with pytest.raises(LlmStreamError, match=r"broke|ended"):
@@ -167,14 +171,16 @@ def test_connection_dropped_mid_answer(ollama_server: FakeOllama, make) -> None:
 
 
 @pytest.mark.parametrize("make", ENGINES)
-def test_stream_ending_without_done(ollama_server: FakeOllama, make) -> None:  # type: ignore[no-untyped-def]
+def test_stream_ending_without_done(
+    ollama_server: FakeOllama, make: Callable[..., LlmEngine]
+) -> None:
     ollama_server.mode = "no_done"
     with pytest.raises(LlmStreamError, match="ended"):
         list(make(ollama_server).stream_chat(QUESTION))
 
 
 @pytest.mark.parametrize("make", ENGINES)
-def test_server_hangs_mid_answer(ollama_server: FakeOllama, make) -> None:  # type: ignore[no-untyped-def]
+def test_server_hangs_mid_answer(ollama_server: FakeOllama, make: Callable[..., LlmEngine]) -> None:
     ollama_server.mode, ollama_server.fail_after = "hang", 1
     got: list[str] = []
     with pytest.raises(LlmTimeout):
@@ -184,7 +190,7 @@ def test_server_hangs_mid_answer(ollama_server: FakeOllama, make) -> None:  # ty
 
 
 @pytest.mark.parametrize("make", ENGINES)
-def test_server_not_running(make) -> None:  # type: ignore[no-untyped-def]
+def test_server_not_running(make: Callable[..., LlmEngine]) -> None:
     class Nowhere:
         url = f"http://127.0.0.1:{free_port()}"
 
@@ -193,7 +199,9 @@ def test_server_not_running(make) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("make", ENGINES)
-def test_closing_the_stream_closes_the_connection(ollama_server: FakeOllama, make) -> None:  # type: ignore[no-untyped-def]
+def test_closing_the_stream_closes_the_connection(
+    ollama_server: FakeOllama, make: Callable[..., LlmEngine]
+) -> None:
     ollama_server.mode, ollama_server.fail_after = "hang", 2
     stream = make(ollama_server).stream_chat(QUESTION)
     assert [next(stream), next(stream)] == list(DEFAULT_REPLY[:2])
@@ -203,9 +211,7 @@ def test_closing_the_stream_closes_the_connection(ollama_server: FakeOllama, mak
 
 def test_openai_compat_streams_sse(ollama_server: FakeOllama) -> None:
     engine = openai(ollama_server, api_key="sk-test")
-    assert list(engine.stream_chat(QUESTION, max_tokens=20, temperature=0.1)) == list(
-        DEFAULT_REPLY
-    )
+    assert list(engine.stream_chat(QUESTION, max_tokens=20, temperature=0.1)) == list(DEFAULT_REPLY)
     path, body = ollama_server.requests[-1]
     assert path == "/v1/chat/completions"
     assert body == {
@@ -220,8 +226,8 @@ def test_openai_compat_streams_sse(ollama_server: FakeOllama) -> None:
 
 
 async def test_http_engine_behind_a_worker_cancelled_mid_answer(
-    ollama_server: FakeOllama, metrics
-) -> None:  # type: ignore[no-untyped-def]
+    ollama_server: FakeOllama, metrics: Metrics
+) -> None:
     ollama_server.mode, ollama_server.fail_after = "hang", 3
     engine: LlmEngine = ollama(ollama_server)
     worker = ModelWorker("llm", threads=1, max_queue=2, metrics=metrics)
@@ -245,7 +251,7 @@ async def test_http_engine_behind_a_worker_cancelled_mid_answer(
 
 
 @pytest.mark.slow
-def test_llama_streams_a_short_answer(llama_llm) -> None:  # type: ignore[no-untyped-def]
+def test_llama_streams_a_short_answer(llama_llm: LlamaCppEngine) -> None:
     llama_llm.warm_up()
     pieces = list(llama_llm.stream_chat(QUESTION, max_tokens=40, temperature=0.0))
     text = "".join(pieces).strip()
@@ -256,7 +262,7 @@ def test_llama_streams_a_short_answer(llama_llm) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.slow
-def test_llama_closing_early_frees_the_model(llama_llm) -> None:  # type: ignore[no-untyped-def]
+def test_llama_closing_early_frees_the_model(llama_llm: LlamaCppEngine) -> None:
     stream = llama_llm.stream_chat(QUESTION, max_tokens=60, temperature=0.0)
     next(stream)
     stream.close()
@@ -265,7 +271,7 @@ def test_llama_closing_early_frees_the_model(llama_llm) -> None:  # type: ignore
 
 
 @pytest.mark.slow
-def test_llama_context_overflow_is_an_llm_error(llama_llm) -> None:  # type: ignore[no-untyped-def]
+def test_llama_context_overflow_is_an_llm_error(llama_llm: LlamaCppEngine) -> None:
     huge = [{"role": "user", "content": "word " * 5000}]
     with pytest.raises(LlmError, match="context"):
         list(llama_llm.stream_chat(huge, max_tokens=5))

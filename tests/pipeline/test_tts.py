@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from pipeline.tts import CoquiHttpEngine, CoquiSettings, PhraseCache, TtsError
+from pipeline.tts import CoquiHttpEngine, CoquiSettings, PhraseCache, PiperTts, TtsError
 
 
 def samples(pcm: bytes) -> np.ndarray:
@@ -30,7 +30,7 @@ def voiced_seconds(pcm: bytes, rate: int) -> float:
 
 
 @pytest.mark.slow
-def test_piper_speaks_a_sentence_at_its_rate(piper_tts) -> None:  # type: ignore[no-untyped-def]
+def test_piper_speaks_a_sentence_at_its_rate(piper_tts: PiperTts) -> None:
     assert piper_tts.sample_rate == 22050
     pcm = b"".join(piper_tts.synthesize("Your appointment is on Friday at ten in the morning."))
     assert len(pcm) % 2 == 0
@@ -43,14 +43,14 @@ def test_piper_speaks_a_sentence_at_its_rate(piper_tts) -> None:  # type: ignore
 
 
 @pytest.mark.slow
-def test_piper_streams_one_piece_per_sentence(piper_tts) -> None:  # type: ignore[no-untyped-def]
+def test_piper_streams_one_piece_per_sentence(piper_tts: PiperTts) -> None:
     pieces = list(piper_tts.synthesize("Hello there. How are you today? Fine, thanks."))
     assert len(pieces) == 3
     assert all(len(p) > 0.3 * 2 * piper_tts.sample_rate for p in pieces)
 
 
 @pytest.mark.slow
-def test_piper_markdown_and_empty_text(piper_tts) -> None:  # type: ignore[no-untyped-def]
+def test_piper_markdown_and_empty_text(piper_tts: PiperTts) -> None:
     assert list(piper_tts.synthesize("")) == []
     assert list(piper_tts.synthesize("**  **  😀")) == []
     plain = b"".join(piper_tts.synthesize("Good morning."))
@@ -60,7 +60,7 @@ def test_piper_markdown_and_empty_text(piper_tts) -> None:  # type: ignore[no-un
 
 
 @pytest.mark.slow
-def test_phrase_cache_synthesizes_once(piper_tts) -> None:  # type: ignore[no-untyped-def]
+def test_phrase_cache_synthesizes_once(piper_tts: PiperTts) -> None:
     class Counting:
         name, sample_rate, calls = "counting", piper_tts.sample_rate, 0
 

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from media.clock import ManualClock
+from pipeline.asr import WhisperAsr
 from pipeline.metrics import Metrics
+from pipeline.tts import PiperTts
 from pipeline.workers import (
     DeadlineExceeded,
     ModelWorker,
@@ -252,7 +254,7 @@ def test_invalid_configuration() -> None:
 
 @pytest.mark.slow
 async def test_real_asr_in_a_worker_leaves_the_loop_free(
-    whisper_asr, piper_speech_16k, metrics: Metrics  # type: ignore[no-untyped-def]
+    whisper_asr: WhisperAsr, piper_speech_16k: Callable[[str], bytes], metrics: Metrics
 ) -> None:
     audio = piper_speech_16k("Can I speak to the manager please?")
     w = ModelWorker("asr", threads=1, max_queue=2, metrics=metrics)
@@ -269,7 +271,7 @@ async def test_real_asr_in_a_worker_leaves_the_loop_free(
 
 
 @pytest.mark.slow
-async def test_real_tts_stream_cancelled_mid_answer(piper_tts, metrics: Metrics) -> None:  # type: ignore[no-untyped-def]
+async def test_real_tts_stream_cancelled_mid_answer(piper_tts: PiperTts, metrics: Metrics) -> None:
     w = ModelWorker("tts", threads=1, max_queue=2, metrics=metrics)
     text = " ".join(f"This is sentence number {n}." for n in range(1, 30))
     try:
