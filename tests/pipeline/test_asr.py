@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipeline import models
 from pipeline.asr import (
     AsrResult,
     WhisperAsr,
@@ -14,6 +16,7 @@ from pipeline.asr import (
     pcm16_to_float,
     speech_level_dbfs,
 )
+from pipeline.models import ModelNotInstalled
 
 S = WhisperSettings()
 
@@ -121,3 +124,28 @@ def test_silence_and_noise_give_nothing(
     result = whisper_asr.transcribe(audio)
     assert result.text == ""
     assert result.dropped in why, result
+
+
+# --- finding the packaged models (pipeline.models) ---------------------------------
+
+
+def test_missing_model_package_is_named() -> None:
+    with pytest.raises(ModelNotInstalled, match=r"'no-such-models' \(import name 'no_such_mod"):
+        models.package_dir("no_such_models_pkg", "no-such-models")
+
+
+def test_package_without_a_gguf_is_named() -> None:
+    with pytest.raises(ModelNotInstalled, match=r"'json-pkg' is installed at .* no \.gguf file"):
+        models.gguf_model("json", "json-pkg")
+
+
+def test_packaged_model_files_are_found() -> None:
+    assert (models.whisper_model_dir() / "model.bin").is_file()
+    voice = models.piper_voice_files()
+    assert voice.onnx.suffix == ".onnx" and voice.config.name.endswith(".onnx.json")
+    assert models.gguf_model().name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_whisper_refuses_a_directory_without_a_model(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotInstalled, match=r"no CTranslate2 Whisper model\.bin"):
+        WhisperAsr(WhisperSettings(model_path=tmp_path))
