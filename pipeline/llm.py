@@ -123,6 +123,11 @@ class LlamaCppEngine:
         self._lock = threading.Lock()
         self.name = f"llama.cpp:{Path(path).stem}"
 
+    @property
+    def chat_format(self) -> str:
+        """"chat_template.default" when the GGUF's own template is used (it should be)."""
+        return str(self._llm.chat_format)
+
     def stream_chat(
         self, messages: Sequence[Message], *, max_tokens: int = 96, temperature: float = 0.6
     ) -> Iterator[str]:

@@ -252,6 +252,7 @@ async def test_http_engine_behind_a_worker_cancelled_mid_answer(
 
 @pytest.mark.slow
 def test_llama_streams_a_short_answer(llama_llm: LlamaCppEngine) -> None:
+    assert llama_llm.chat_format == "chat_template.default"  # the GGUF's own template
     llama_llm.warm_up()
     pieces = list(llama_llm.stream_chat(QUESTION, max_tokens=40, temperature=0.0))
     text = "".join(pieces).strip()
