@@ -105,9 +105,13 @@ class Challenge:
             raise DigestError("Digest challenge without realm or nonce")
         qop = tuple(q.strip().lower() for q in params.get("qop", "").split(",") if q.strip())
         return cls(
-            params["realm"], params["nonce"], params.get("algorithm", "MD5").upper(), qop,
-            params.get("opaque"), params.get("stale", "").lower() == "true",
-        )  # fmt: skip
+            params["realm"],
+            params["nonce"],
+            params.get("algorithm", "MD5").upper(),
+            qop,
+            params.get("opaque"),
+            params.get("stale", "").lower() == "true",
+        )
 
     @classmethod
     def parse(cls, value: str) -> Challenge:
@@ -186,17 +190,27 @@ class Credentials:
         if nc is not None and re.fullmatch(r"[0-9a-fA-F]{8}", nc) is None:
             raise DigestError(f"bad nc {nc[:20]!r}")
         return cls(
-            p["username"], p["realm"], p["nonce"], p["uri"], p["response"],
-            p.get("algorithm", "MD5").upper(), p.get("qop", "").lower() or None,
-            int(nc, 16) if nc is not None else None, p.get("cnonce"), p.get("opaque"),
-        )  # fmt: skip
+            p["username"],
+            p["realm"],
+            p["nonce"],
+            p["uri"],
+            p["response"],
+            p.get("algorithm", "MD5").upper(),
+            p.get("qop", "").lower() or None,
+            int(nc, 16) if nc is not None else None,
+            p.get("cnonce"),
+            p.get("opaque"),
+        )
 
     def __str__(self) -> str:
         parts = [
-            f"username={_quote(self.username)}", f"realm={_quote(self.realm)}",
-            f"nonce={_quote(self.nonce)}", f"uri={_quote(self.uri)}",
-            f"response={_quote(self.response)}", f"algorithm={self.algorithm}",
-        ]  # fmt: skip
+            f"username={_quote(self.username)}",
+            f"realm={_quote(self.realm)}",
+            f"nonce={_quote(self.nonce)}",
+            f"uri={_quote(self.uri)}",
+            f"response={_quote(self.response)}",
+            f"algorithm={self.algorithm}",
+        ]
         if self.qop is not None:
             parts += [
                 f"qop={self.qop}",
@@ -209,9 +223,17 @@ class Credentials:
 
 
 def digest_response(
-    algorithm: str, username: str, realm: str, password: str, method: str, uri: str,
-    nonce: str, qop: str | None = None, nc: int | None = None, cnonce: str | None = None,
-) -> str:  # fmt: skip
+    algorithm: str,
+    username: str,
+    realm: str,
+    password: str,
+    method: str,
+    uri: str,
+    nonce: str,
+    qop: str | None = None,
+    nc: int | None = None,
+    cnonce: str | None = None,
+) -> str:
     """The request-digest of RFC 2617 3.2.2.1 / RFC 7616 3.4.1, as lower-case hex."""
     base = algorithm.upper().removesuffix("-SESS")
     if base not in _HASHES:
@@ -235,9 +257,15 @@ def new_cnonce() -> str:
 
 
 def authorize(
-    challenge: Challenge, *, username: str, password: str, method: str, uri: str,
-    cnonce: str, nc: int = 1,
-) -> Credentials:  # fmt: skip
+    challenge: Challenge,
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nc: int = 1,
+) -> Credentials:
     """Credentials answering `challenge` for a request `method` to `uri` (the
     Request-URI as sent). Reuse of a nonce must come with a higher nc."""
     if not challenge.usable:
@@ -246,13 +274,29 @@ def authorize(
         )
     qop = "auth" if challenge.qop else None
     response = digest_response(
-        challenge.algorithm, username, challenge.realm, password, method, uri, challenge.nonce,
-        qop, nc if qop else None, cnonce if qop else None,
-    )  # fmt: skip
+        challenge.algorithm,
+        username,
+        challenge.realm,
+        password,
+        method,
+        uri,
+        challenge.nonce,
+        qop,
+        nc if qop else None,
+        cnonce if qop else None,
+    )
     return Credentials(
-        username, challenge.realm, challenge.nonce, uri, response, challenge.algorithm, qop,
-        nc if qop else None, cnonce if qop else None, challenge.opaque,
-    )  # fmt: skip
+        username,
+        challenge.realm,
+        challenge.nonce,
+        uri,
+        response,
+        challenge.algorithm,
+        qop,
+        nc if qop else None,
+        cnonce if qop else None,
+        challenge.opaque,
+    )
 
 
 class AuthResult(enum.Enum):
@@ -268,9 +312,14 @@ class DigestServer:
     """Stateless nonces, plus a bounded memory of the last nc seen per nonce."""
 
     def __init__(
-        self, realm: str, secret: bytes, *, nonce_ttl: float = 300.0,
-        algorithms: Sequence[str] = ("SHA-256", "MD5"), max_nonces: int = 10_000,
-    ) -> None:  # fmt: skip
+        self,
+        realm: str,
+        secret: bytes,
+        *,
+        nonce_ttl: float = 300.0,
+        algorithms: Sequence[str] = ("SHA-256", "MD5"),
+        max_nonces: int = 10_000,
+    ) -> None:
         if len(secret) < 16:
             raise ValueError("the nonce secret must be at least 16 bytes")
         unknown = [a for a in algorithms if a not in _HASHES]
@@ -294,9 +343,14 @@ class DigestServer:
         return [Challenge(self.realm, nonce, a, ("auth",), None, stale) for a in self.algorithms]
 
     def verify(
-        self, credentials: Credentials, *, method: str, password: str | None, now: float,
+        self,
+        credentials: Credentials,
+        *,
+        method: str,
+        password: str | None,
+        now: float,
         uri: str | None = None,
-    ) -> AuthResult:  # fmt: skip
+    ) -> AuthResult:
         """Check credentials for a request `method` (and Request-URI `uri` if given).
         `password` is None for an unknown user (answered like a wrong password)."""
         c = credentials
@@ -312,9 +366,17 @@ class DigestServer:
         if password is None:
             return AuthResult.BAD_RESPONSE
         expected = digest_response(
-            c.algorithm, c.username, self.realm, password, method, c.uri, c.nonce, c.qop, c.nc,
+            c.algorithm,
+            c.username,
+            self.realm,
+            password,
+            method,
+            c.uri,
+            c.nonce,
+            c.qop,
+            c.nc,
             c.cnonce,
-        )  # fmt: skip
+        )
         given = c.response.lower().encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(expected.encode(), given):
             return AuthResult.BAD_RESPONSE

@@ -115,15 +115,22 @@ class Codec:
 
     def same_encoding(self, other: Codec) -> bool:
         return (self.name.lower(), self.clock_rate, self.channels) == (
-            other.name.lower(), other.clock_rate, other.channels)  # fmt: skip
+            other.name.lower(),
+            other.clock_rate,
+            other.channels,
+        )
 
 
 # RFC 3551 static payload types, used when an offer lists one without an rtpmap.
 STATIC_CODECS = {
-    0: Codec(0, "PCMU", 8000), 3: Codec(3, "GSM", 8000), 4: Codec(4, "G723", 8000),
-    8: Codec(8, "PCMA", 8000), 9: Codec(9, "G722", 8000), 13: Codec(13, "CN", 8000),
+    0: Codec(0, "PCMU", 8000),
+    3: Codec(3, "GSM", 8000),
+    4: Codec(4, "G723", 8000),
+    8: Codec(8, "PCMA", 8000),
+    9: Codec(9, "G722", 8000),
+    13: Codec(13, "CN", 8000),
     18: Codec(18, "G729", 8000),
-}  # fmt: skip
+}
 # What we can offer, by the names used in config; dynamic numbers are ours to choose.
 KNOWN_CODECS = {
     "pcmu": STATIC_CODECS[0],
@@ -254,15 +261,22 @@ class SessionDescription:
         if origin is None:
             raise SdpError("SDP has no o= line")
         return cls(
-            origin, name, session.connection, timing, tuple(session.attributes),
-            tuple(m.media() for m in media), tuple(session.other),
-        )  # fmt: skip
+            origin,
+            name,
+            session.connection,
+            timing,
+            tuple(session.attributes),
+            tuple(m.media() for m in media),
+            tuple(session.other),
+        )
 
     def __str__(self) -> str:
         keyed = [
-            ("o", str(self.origin)), ("s", self.session_name), ("t", self.timing),
+            ("o", str(self.origin)),
+            ("s", self.session_name),
+            ("t", self.timing),
             *self.other,
-        ]  # fmt: skip
+        ]
         if self.connection is not None:
             keyed.append(("c", str(self.connection)))
         keyed.sort(key=lambda kv: _SESSION_ORDER.find(kv[0]) % len(_SESSION_ORDER))
@@ -401,10 +415,14 @@ class SdpSession:
         my_event = _event_for(offered, codec)
         self.remote = answer
         self.negotiated = self._negotiated(
-            answer, media, codec, event, mine.payload_type if mine else codec.payload_type,
-            my_event.payload_type if (event and my_event) else None,
-            _mirror(answer.direction_of(media), self.direction, _held(answer, media)),
-        )  # fmt: skip
+            answer,
+            media,
+            codec,
+            event,
+            recv_pt=mine.payload_type if mine else codec.payload_type,
+            recv_event=my_event.payload_type if (event and my_event) else None,
+            direction=_mirror(answer.direction_of(media), self.direction, _held(answer, media)),
+        )
         return self.negotiated
 
     # --- they offer ----------------------------------------------------------------
@@ -444,9 +462,14 @@ class SdpSession:
         self.remote = offer
         self.offer_pending = False
         self.negotiated = self._negotiated(
-            offer, media, codec, event, codec.payload_type,
-            event.payload_type if event else None, direction,
-        )  # fmt: skip
+            offer,
+            media,
+            codec,
+            event,
+            recv_pt=codec.payload_type,
+            recv_event=event.payload_type if event else None,
+            direction=direction,
+        )
         return answer, self.negotiated
 
     # --- helpers -------------------------------------------------------------------
@@ -461,9 +484,12 @@ class SdpSession:
             attributes.append(("rtcp", str(self.rtcp_port)))
         attributes += [("ptime", str(self.ptime)), (direction, None)]
         media = MediaDescription(
-            "audio", self.port, "RTP/AVP", tuple(str(c.payload_type) for c in codecs),
+            "audio",
+            self.port,
+            "RTP/AVP",
+            tuple(str(c.payload_type) for c in codecs),
             attributes=tuple(attributes),
-        )  # fmt: skip
+        )
         origin = Origin(self.username, str(self.session_id), 0, self.address)
         origin = replace(origin, addrtype=Connection.for_address(self.address).addrtype)
         return SessionDescription(origin, "-", Connection.for_address(self.address), media=(media,))
@@ -487,6 +513,7 @@ class SdpSession:
         media: MediaDescription,
         codec: Codec,
         event: Codec | None,
+        *,
         recv_pt: int,
         recv_event: int | None,
         direction: str,
@@ -497,9 +524,16 @@ class SdpSession:
         ptime = media.ptime or _session_ptime(remote) or 20
         rtcp = media.rtcp_port or media.port + 1
         return NegotiatedMedia(
-            codec, connection.address, media.port, rtcp, direction, ptime, recv_pt,
-            event, recv_event,
-        )  # fmt: skip
+            codec,
+            connection.address,
+            media.port,
+            rtcp,
+            direction,
+            ptime,
+            recv_pt,
+            event,
+            recv_event,
+        )
 
 
 def _find(codec: Codec, candidates: Sequence[Codec]) -> Codec | None:

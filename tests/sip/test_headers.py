@@ -157,7 +157,11 @@ def test_uri_str_parse_round_trip(user: str, param: str, port: int | None) -> No
 def test_via_tortuous_spacing() -> None:
     via = Via.parse("SIP  / 2.0  / TCP     spindle.example.com   ; branch  =   z9hG4bK9ikj8")
     assert (via.transport, via.host, via.port, via.branch) == (
-        "TCP", "spindle.example.com", None, "z9hG4bK9ikj8")  # fmt: skip
+        "TCP",
+        "spindle.example.com",
+        None,
+        "z9hG4bK9ikj8",
+    )
     assert str(via) == "SIP/2.0/TCP spindle.example.com;branch=z9hG4bK9ikj8"
 
 
@@ -177,9 +181,17 @@ def test_via_rport_and_received() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "SIP/2.0/UDP", "SIP/2.0 UDP host", "SIP/3.0/UDP host", "SIP/2.0/UDP host;;",
-     "SIP/2.0/UDP host:port", "SIP/2.0/UDP ho st;branch=x", "HTTP/2.0/UDP host"],
-)  # fmt: skip
+    [
+        "",
+        "SIP/2.0/UDP",
+        "SIP/2.0 UDP host",
+        "SIP/3.0/UDP host",
+        "SIP/2.0/UDP host;;",
+        "SIP/2.0/UDP host:port",
+        "SIP/2.0/UDP ho st;branch=x",
+        "HTTP/2.0/UDP host",
+    ],
+)
 def test_bad_vias(text: str) -> None:
     with pytest.raises(SipParseError):
         Via.parse(text)
@@ -277,8 +289,10 @@ def test_headers_lookup_split_and_edit() -> None:
         ]
     )
     assert headers.get_all("VIA") == [
-        "SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/UDP b;branch=z9hG4bK2",
-        "SIP/2.0/UDP c;branch=z9hG4bK3"]  # fmt: skip
+        "SIP/2.0/UDP a;branch=z9hG4bK1",
+        "SIP/2.0/UDP b;branch=z9hG4bK2",
+        "SIP/2.0/UDP c;branch=z9hG4bK3",
+    ]
     assert len(headers.get_all("www-authenticate")) == 1  # never split
     assert headers.get_all("m") == ['"Doe, J" <sip:j@x;a=1,2>;q=0.5', "<sip:k@y>"]
     assert headers.get_tokens("Allow") == ("INVITE", "ACK", "BYE")

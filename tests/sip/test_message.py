@@ -122,13 +122,34 @@ def test_response_parse() -> None:
 # --- RFC 4475 torture tests ------------------------------------------------------------
 
 VALID = [
-    "wsinv", "intmeth", "esc01", "escnull", "esc02", "lwsdisp", "longreq", "dblreq",
-    "semiuri", "transports", "mpart01", "unreason", "noreason", "badbranch", "bext01",
-    "invut", "regaut01", "zeromf", "cparam01", "cparam02", "regescrt", "sdp01", "inv2543",
-    "unksm2", "bcast",
+    "wsinv",
+    "intmeth",
+    "esc01",
+    "escnull",
+    "esc02",
+    "lwsdisp",
+    "longreq",
+    "dblreq",
+    "semiuri",
+    "transports",
+    "mpart01",
+    "unreason",
+    "noreason",
+    "badbranch",
+    "bext01",
+    "invut",
+    "regaut01",
+    "zeromf",
+    "cparam01",
+    "cparam02",
+    "regescrt",
+    "sdp01",
+    "inv2543",
+    "unksm2",
+    "bcast",
     "baddate",  # a Date with a non-GMT zone: we never read Date, so it passes (allowed)
     "trws",  # SP after SIP/2.0 in the Request-Line: RFC 4475 allows ignoring it
-]  # fmt: skip
+]
 
 # name -> (status, words of the reason, whether a response can be sent)
 INVALID = {
@@ -337,9 +358,12 @@ def test_make_response_copies_per_rfc3261_8_2_6() -> None:
     busy = make_response(invite, 486)
     assert busy.to_addr.tag and "Record-Route" not in busy.headers
     answer = make_response(
-        invite, 200, extra=[("Contact", "<sip:bot@192.0.2.1>")], body=SDP,
+        invite,
+        200,
+        extra=[("Contact", "<sip:bot@192.0.2.1>")],
+        body=SDP,
         content_type="application/sdp",
-    )  # fmt: skip
+    )
     parsed = parse_message(bytes(answer))
     assert parsed.body == SDP and parsed.contacts[0].uri.user == "bot"
     custom = make_response(invite, 488, "Not\r\nAcceptable")
@@ -351,12 +375,23 @@ def test_build_request_cancel_and_ack() -> None:
     bob = Address(Uri("sip", "biloxi.example.com", "bob"))
     via = Via("UDP", "192.0.2.1", 5060).with_received("192.0.2.1")
     request = build_request(
-        "INVITE", bob.uri, from_addr=alice, to_addr=bob, call_id="abc@192.0.2.1", cseq=1,
-        via=Via("UDP", "192.0.2.1", 5060, via.params.without("received").with_param(
-            "branch", new_branch())),
+        "INVITE",
+        bob.uri,
+        from_addr=alice,
+        to_addr=bob,
+        call_id="abc@192.0.2.1",
+        cseq=1,
+        via=Via(
+            "UDP",
+            "192.0.2.1",
+            5060,
+            via.params.without("received").with_param("branch", new_branch()),
+        ),
         contact=Address(Uri("sip", "192.0.2.1", "alice", port=5060)),
-        extra=[("Route", "<sip:proxy.example.com;lr>")], body=SDP, content_type="application/sdp",
-    )  # fmt: skip
+        extra=[("Route", "<sip:proxy.example.com;lr>")],
+        body=SDP,
+        content_type="application/sdp",
+    )
     parsed = parse_request(bytes(request))
     assert parsed.cseq.method == "INVITE" and parsed.max_forwards == 70
     assert parsed.top_via.branch is not None and parsed.top_via.branch.startswith("z9hG4bK")

@@ -21,8 +21,14 @@ def sdp(*lines: str) -> SessionDescription:
 
 
 def offer(*media_lines: str, conn: str = "IN IP4 203.0.113.5") -> SessionDescription:
-    return sdp("v=0", "o=carrier 1000 1000 IN IP4 203.0.113.5", "s=call", f"c={conn}", "t=0 0",
-               *media_lines)  # fmt: skip
+    return sdp(
+        "v=0",
+        "o=carrier 1000 1000 IN IP4 203.0.113.5",
+        "s=call",
+        f"c={conn}",
+        "t=0 0",
+        *media_lines,
+    )
 
 
 AUDIO_OFFER = (
@@ -156,7 +162,10 @@ def test_answer_picks_callers_first_allowed_codec_and_their_event_type() -> None
     assert media.telephone_event == Codec(96, "telephone-event", 8000, 1, "0-15")
     assert (media.recv_payload_type, media.recv_event_type) == (8, 96)
     assert (media.remote_address, media.remote_port, media.remote_rtcp_port) == (
-        "203.0.113.5", 30000, 30001)  # fmt: skip
+        "203.0.113.5",
+        30000,
+        30001,
+    )
     assert media.direction == "sendrecv" and media.send and media.recv and media.ptime == 20
     assert str(answer) == (
         "v=0\r\n"
@@ -184,22 +193,37 @@ def test_answer_with_dynamic_opus() -> None:
 
 
 def test_telephone_event_prefers_the_codec_clock_rate() -> None:
-    lines = ("m=audio 30000 RTP/AVP 109 101 100", "a=rtpmap:109 opus/48000/2",
-             "a=rtpmap:101 telephone-event/8000", "a=rtpmap:100 telephone-event/48000")  # fmt: skip
+    lines = (
+        "m=audio 30000 RTP/AVP 109 101 100",
+        "a=rtpmap:109 opus/48000/2",
+        "a=rtpmap:101 telephone-event/8000",
+        "a=rtpmap:100 telephone-event/48000",
+    )
     _, media = session(codecs=["opus"]).receive_offer(offer(*lines))
     assert media.telephone_event is not None and media.telephone_event.payload_type == 100
 
 
 @pytest.mark.parametrize(
     ("offered", "answered"),
-    [("sendrecv", "sendrecv"), ("sendonly", "recvonly"), ("recvonly", "sendonly"),
-     ("inactive", "inactive")],
-)  # fmt: skip
+    [
+        ("sendrecv", "sendrecv"),
+        ("sendonly", "recvonly"),
+        ("recvonly", "sendonly"),
+        ("inactive", "inactive"),
+    ],
+)
 def test_answer_direction_mirrors_the_offer(offered: str, answered: str) -> None:
     answer, media = session().receive_offer(offer(*AUDIO_OFFER, f"a={offered}"))
     assert answer.direction_of(answer.media[0]) == answered == media.direction
-    session_level = sdp("v=0", "o=c 1 1 IN IP4 h", "s=-", "c=IN IP4 203.0.113.5", "t=0 0",
-                        f"a={offered}", *AUDIO_OFFER)  # fmt: skip
+    session_level = sdp(
+        "v=0",
+        "o=c 1 1 IN IP4 h",
+        "s=-",
+        "c=IN IP4 203.0.113.5",
+        "t=0 0",
+        f"a={offered}",
+        *AUDIO_OFFER,
+    )
     assert session().receive_offer(session_level)[1].direction == answered
 
 
@@ -216,13 +240,22 @@ def test_our_own_direction_limits_the_answer() -> None:
 
 
 def test_non_audio_and_extra_streams_are_rejected_with_port_zero() -> None:
-    video_first = offer("m=video 30002 RTP/AVP 31", "a=rtpmap:31 H261/90000",
-                        "m=audio 30000 RTP/SAVP 0", "m=audio 30004 RTP/AVP 0",
-                        "m=audio 30006 RTP/AVP 0", "m=application 9 TCP/BFCP *")  # fmt: skip
+    video_first = offer(
+        "m=video 30002 RTP/AVP 31",
+        "a=rtpmap:31 H261/90000",
+        "m=audio 30000 RTP/SAVP 0",
+        "m=audio 30004 RTP/AVP 0",
+        "m=audio 30006 RTP/AVP 0",
+        "m=application 9 TCP/BFCP *",
+    )
     answer, media = session().receive_offer(video_first)
     assert [(m.media, m.port, m.formats) for m in answer.media] == [
-        ("video", 0, ("31",)), ("audio", 0, ("0",)), ("audio", 40000, ("0",)),
-        ("audio", 0, ("0",)), ("application", 0, ("*",))]  # fmt: skip
+        ("video", 0, ("31",)),
+        ("audio", 0, ("0",)),
+        ("audio", 40000, ("0",)),
+        ("audio", 0, ("0",)),
+        ("application", 0, ("*",)),
+    ]
     assert media.remote_port == 30004
     assert "m=video 0 RTP/AVP 31\r\nm=audio 0 RTP/SAVP 0\r\n" in str(answer)
 
@@ -274,8 +307,9 @@ def test_remote_hold_resume_and_codec_change_bump_our_version_only_on_change() -
     resumed, media = ours.receive_offer(offer(*AUDIO_OFFER, "a=sendrecv"))
     assert resumed.origin.version == 557 and media.direction == "sendrecv"
 
-    changed, media = ours.receive_offer(offer("m=audio 30000 RTP/AVP 0 96",
-                                              "a=rtpmap:96 telephone-event/8000"))  # fmt: skip
+    changed, media = ours.receive_offer(
+        offer("m=audio 30000 RTP/AVP 0 96", "a=rtpmap:96 telephone-event/8000")
+    )
     assert changed.origin.version == 558 and media.codec.name == "PCMU"
     assert changed.origin.session_id == "555"
 
@@ -313,9 +347,17 @@ def test_ipv6_offer() -> None:
 def test_answer_to_our_offer_uses_their_payload_numbers_to_send() -> None:
     ours = session(codecs=["opus", "PCMU"])
     ours.create_offer()
-    answer = sdp("v=0", "o=far 9 9 IN IP4 198.51.100.7", "s=-", "c=IN IP4 198.51.100.7", "t=0 0",
-                 "m=audio 20000 RTP/AVP 96 97", "a=rtpmap:96 opus/48000/2",
-                 "a=rtpmap:97 telephone-event/8000", "a=ptime:40")  # fmt: skip
+    answer = sdp(
+        "v=0",
+        "o=far 9 9 IN IP4 198.51.100.7",
+        "s=-",
+        "c=IN IP4 198.51.100.7",
+        "t=0 0",
+        "m=audio 20000 RTP/AVP 96 97",
+        "a=rtpmap:96 opus/48000/2",
+        "a=rtpmap:97 telephone-event/8000",
+        "a=ptime:40",
+    )
     media = ours.receive_answer(answer)
     assert media.codec.payload_type == 96 and media.recv_payload_type == 111
     assert media.telephone_event is not None and media.telephone_event.payload_type == 97
