@@ -39,7 +39,7 @@ class TrunkConfig(_Section):
     domain: str | None = None  # the From/To domain, defaults to the registrar host
     expires: int = Field(default=600, ge=60, le=86400)
     transport: Literal["udp", "tcp"] = "udp"
-    register: bool = True
+    registration: bool = True  # REGISTER with the trunk (false: IP-authenticated trunk)
 
 
 class SipConfig(_Section):
