@@ -299,6 +299,34 @@ def authorize(
     )
 
 
+def authorization_for(
+    status: int,
+    challenge_lines: Iterable[str],
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nc: int = 1,
+) -> tuple[str, Credentials]:
+    """For a 401 or 407: the header to add to the retried request and its value, from
+    the response's WWW-Authenticate / Proxy-Authenticate lines."""
+    if status not in AUTH_HEADERS:
+        raise DigestError(f"status {status} is not an authentication challenge")
+    challenge = choose_challenge(parse_challenges(challenge_lines))
+    credentials = authorize(
+        challenge,
+        username=username,
+        password=password,
+        method=method,
+        uri=uri,
+        cnonce=cnonce,
+        nc=nc,
+    )
+    return AUTH_HEADERS[status][1], credentials
+
+
 class AuthResult(enum.Enum):
     OK = "ok"
     STALE = "stale"  # right password, expired nonce: challenge again with stale=true

@@ -132,6 +132,11 @@ class _Message:
         return self.headers.typed("Content-Type", _CONTENT_TYPE)  # type: ignore[no-any-return]
 
     @property
+    def content_length(self) -> int | None:
+        """The Content-Length header; after parsing, len(body) equals it when present."""
+        return self.headers.typed("Content-Length", _CONTENT_LENGTH)  # type: ignore[no-any-return]
+
+    @property
     def expires(self) -> int | None:
         return self.headers.typed("Expires", _EXPIRES)  # type: ignore[no-any-return]
 
@@ -360,6 +365,8 @@ def _validate(message: SipMessage, limits: Limits) -> None:
     cseq = message.cseq
     if message.contact_wildcard and len(message.headers.get_all("Contact")) > 1:
         raise SipParseError("Contact '*' mixed with other contacts")
+    for contact in message.contacts:
+        contact.expires  # noqa: B018
     if isinstance(message, SipRequest) and cseq.method != message.method:
         raise SipParseError(f"CSeq method {cseq.method[:20]!r} does not match the request")
 

@@ -176,6 +176,13 @@ class MediaDescription:
         )
 
     @property
+    def maxptime(self) -> int | None:
+        value = self.attribute("maxptime")
+        return (
+            int(value) if value and value.isascii() and value.isdigit() and len(value) < 5 else None
+        )
+
+    @property
     def rtcp_port(self) -> int | None:
         """RFC 3605 a=rtcp:<port> [address]."""
         value = (self.attribute("rtcp") or "").split(" ")[0]

@@ -15,6 +15,7 @@ from sip.digest import (
     Credentials,
     DigestError,
     DigestServer,
+    authorization_for,
     authorize,
     choose_challenge,
     digest_response,
@@ -166,6 +167,24 @@ def test_fuzz_only_digest_errors(value: str) -> None:
 def test_auth_header_names() -> None:
     assert AUTH_HEADERS[401] == ("WWW-Authenticate", "Authorization")
     assert AUTH_HEADERS[407] == ("Proxy-Authenticate", "Proxy-Authorization")
+
+
+def test_authorization_for_a_407() -> None:
+    name, credentials = authorization_for(
+        407,
+        RFC7616_LINES,
+        username="Mufasa",
+        password="Circle of Life",
+        method="GET",
+        uri="/dir/index.html",
+        cnonce=RFC7616_CNONCE,
+    )
+    assert name == "Proxy-Authorization" and credentials.algorithm == "SHA-256"
+    assert credentials.response.startswith("753927fa")
+    with pytest.raises(DigestError, match="not an authentication challenge"):
+        authorization_for(
+            403, RFC7616_LINES, username="u", password="p", method="GET", uri="/", cnonce="c"
+        )
 
 
 # --- server side -----------------------------------------------------------------------

@@ -84,7 +84,7 @@ def test_typical_invite() -> None:
     assert invite.record_routes[0].uri.lr and invite.routes == ()
     assert invite.content_type is not None and invite.content_type.mime == "application/sdp"
     assert invite.headers.get_tokens("Allow")[-1] == "INFO"
-    assert invite.body == SDP
+    assert invite.body == SDP and invite.content_length == len(SDP)
 
 
 def test_serialization_is_byte_exact_and_keeps_order() -> None:
@@ -313,6 +313,7 @@ def test_too_many_vias() -> None:
         (b"User-Agent: Carrier SBC 1.0", b"User-Agent Carrier", "malformed header line"),
         (b"User-Agent: Carrier SBC 1.0", b"Bad\rHeader: x", "bare CR"),
         (b"Contact: <", b"Contact: *, <", "'*' mixed"),
+        (b"transport=udp>", b"transport=udp>;expires=soon", "Contact expires is not a number"),
         (b"Record-Route: <sip:203.0.113.5;lr>", b"Record-Route: ", "empty element"),
         (b"To: <sip:+15551234567@switchboard.example.com>\r\n", b"", "missing To"),
     ],

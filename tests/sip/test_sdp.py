@@ -91,6 +91,7 @@ def test_parse_typical() -> None:
     assert audio.connection == Connection("2001:db8::10", "IN", "IP6")
     assert parsed.connection_of(audio) == audio.connection
     assert audio.rtcp_port == 40011 and audio.ptime == 20 and audio.attribute("x-unknown") == ""
+    assert audio.maxptime is None
     assert parsed.direction_of(audio) == "sendonly" and parsed.direction_of(video) == "sendrecv"
     assert video.port == 0
 
@@ -286,7 +287,9 @@ def test_audio_without_address_is_an_error() -> None:
 
 
 def test_rtcp_attribute_and_ptime_from_the_offer() -> None:
-    _, media = session().receive_offer(offer(*AUDIO_OFFER[:-1], "a=ptime:30", "a=rtcp:31111"))
+    parsed = offer(*AUDIO_OFFER[:-1], "a=ptime:30", "a=maxptime:60", "a=rtcp:31111")
+    assert parsed.media[0].maxptime == 60
+    _, media = session().receive_offer(parsed)
     assert media.ptime == 30 and media.remote_rtcp_port == 31111
 
 
