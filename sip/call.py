@@ -19,6 +19,7 @@ from pipeline.leg import CallHandler, CallInfo, TransferError
 from pipeline.metrics import Metrics
 from sip.dialog import Dialog, DialogError, DialogState
 from sip.rtp_session import MediaParams
+from sip.sdp import SdpSession
 from sip.transaction import AnswerRetransmitter, TransactionError, TransactionLayer
 
 __all__ = ["OUTCOMES", "Media", "SipCall"]
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 # calls_total{outcome}: a bounded set; anything else is counted as "error".
 OUTCOMES = frozenset({
     "remote_bye", "hangup", "ack_timeout", "media_timeout", "shutdown", "handler_error",
-    "transfer",
+    "transfer", "sdp_error",
 })
 
 
@@ -39,6 +40,7 @@ class Media(Protocol):
     on_dtmf: Callable[[str], None] | None
     on_mark: Callable[[str, bool], None] | None
     on_failure: Callable[[str], None] | None
+    local_port: int
 
     @property
     def params(self) -> MediaParams: ...
@@ -82,9 +84,13 @@ class SipCall:
         self._on_closed = on_closed
         self.close_timeout = close_timeout
         self.answer: AnswerRetransmitter | None = None
+        self.sdp: SdpSession | None = None  # our side of offer/answer, set by the endpoint
+        self.invite_cseq = dialog.remote_cseq
+        self.reanswer: tuple[int, AnswerRetransmitter] | None = None  # re-INVITE 2xx
+        self.reinvite_busy = False  # a re-INVITE has not had its final response yet
+        self.tasks: set[asyncio.Task[None]] = set()  # helpers to cancel at close
         self.reason: str | None = None  # why it ended, once close() began
         self.started_at: float | None = None
-        self.local_sdp_version = 0
         self._started = False
         self._start_task: asyncio.Task[None] | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -129,9 +135,24 @@ class SipCall:
         self.answer = answer
         self.started_at = self._clock.now()
 
-    def acked(self) -> bool:
+    def reanswered(self, cseq: int, answer: AnswerRetransmitter) -> None:
+        """The 200 to a re-INVITE went out; it too is retransmitted until its ACK."""
+        if self.reanswer is not None:
+            self.reanswer[1].stop()
+        self.reanswer = (cseq, answer)
+
+    @property
+    def awaiting_ack(self) -> bool:
+        """A 2xx of ours (initial or re-INVITE) has not been ACKed yet."""
+        return any(rt is not None and rt.waiting
+                   for rt in (self.answer, self.reanswer[1] if self.reanswer else None))
+
+    def acked(self, cseq: int | None = None) -> bool:
         """The ACK of our 2xx arrived. Starts the handler the first time; False if the
-        ACK was a retransmission or came too late."""
+        ACK was a retransmission, came too late, or acknowledged a re-INVITE."""
+        if self.reanswer is not None and cseq == self.reanswer[0]:
+            self.reanswer[1].ack()
+            return False
         if self.answer is not None:
             self.answer.ack()
         if self.reason is not None or self.dialog.state is DialogState.CONFIRMED:
@@ -199,8 +220,11 @@ class SipCall:
             self._finish(reason)
 
     async def _teardown(self, reason: str, bye: bool) -> None:
-        if self.answer is not None:
-            self.answer.stop()
+        for rt in (self.answer, self.reanswer[1] if self.reanswer else None):
+            if rt is not None:
+                rt.stop()
+        for task in self.tasks:
+            task.cancel()
         for name in ("on_frame", "on_dtmf", "on_mark", "on_failure"):
             setattr(self.media, name, None)
         self.media.close()

@@ -169,7 +169,7 @@ class _Tcp(asyncio.Protocol):
             if frame == KEEPALIVE_PING:
                 self.write(KEEPALIVE_PONG)
             else:
-                self.owner._on_data(frame, self.source)
+                self.owner.deliver(frame, self.source)
 
     @property
     def source(self) -> Source:
@@ -414,9 +414,10 @@ class SipTransport:
         if not data.strip(b"\r\n\x00 "):
             return  # keepalive (CRLF, or a NAT pinhole's empty/zero datagram)
         local = (self.local_host(remote[0]), self.port)
-        self._on_data(data, Source("udp", remote, local))
+        self.deliver(data, Source("udp", remote, local))
 
-    def _on_data(self, data: bytes, source: Source) -> None:
+    def deliver(self, data: bytes, source: Source) -> None:
+        """One message's bytes from a socket (or a test): parse, stamp, hand up."""
         try:
             message = parse_message(data, self.limits)
             if isinstance(message, SipRequest):
@@ -438,13 +439,9 @@ class SipTransport:
         if response is None:
             return
         self.metrics.sip_responses_sent_total.labels(f"{response.status // 100}xx").inc()
-        if source.transport == "udp":
-            if self._udp is not None:
-                self._udp.sendto(bytes(response), source.remote)
-        else:
-            conn = self._conns.get(source.connection or -1)
-            if conn is not None:
-                conn.write(bytes(response))
+        # Straight back to the source: the Via of a broken request is not to be trusted.
+        target = Target(source.transport, source.remote[0], source.remote[1], source.connection)
+        self.send(bytes(response), target)
 
     def _tcp_opened(self, conn: _Tcp) -> None:
         if len(self._conns) >= self.max_tcp_connections:

@@ -22,9 +22,11 @@ from tests.sip.test_transaction import UDP, FakeSender, invite, run_clock, settl
 
 
 class FakeMedia:
-    def __init__(self) -> None:
+    def __init__(self, params: MediaParams | None = None, local_port: int = 30000) -> None:
         self.on_frame = self.on_dtmf = self.on_mark = self.on_failure = None  # type: ignore[var-annotated]
-        self.params = MediaParams("192.0.2.7", 4000)
+        self.params = params or MediaParams("192.0.2.7", 4000)
+        self.local_port = local_port
+        self.updates: list[MediaParams] = []
         self.sent: list[tuple[bytes, int, str | None]] = []
         self.digits = ""
         self.cleared = 0
@@ -32,6 +34,7 @@ class FakeMedia:
 
     def update(self, params: MediaParams) -> None:
         self.params = params
+        self.updates.append(params)
 
     def send_audio(self, pcm: bytes, rate: int, mark: str | None = None) -> None:
         self.sent.append((pcm, rate, mark))
