@@ -1,6 +1,7 @@
 """Every Prometheus metric Switchboard exports, defined in one place.
 
-Labels are bounded: `transport` is one of the door names, `stage` one of STAGES,
+Labels are bounded: `transport` is one of the door names, `stage` one of STAGES
+(ERROR_STAGES for stage_errors_total), `phrase` a cached phrase key (fillers as "filler"),
 `kind` a short error class name chosen by the code that counts it (never a message).
 Tests make their own `Metrics(CollectorRegistry())` so they never share counters.
 """
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 TRANSPORTS = ("sip", "twilio", "freeswitch", "audiosocket", "browser")
 STAGES = ("asr", "llm_first_token", "llm_total", "tts_first_audio", "tts_total")
+ERROR_STAGES = ("asr", "llm", "tts", "conversation")
 
 # Conversational latencies: most answers land between 0.2 and 3 s.
 _LATENCY_BUCKETS = (
@@ -63,6 +65,16 @@ class Metrics:
             p + "vad_segments_total", "Caller speech segments detected", ["transport"], registry=r
         )
         self.turns_total = Counter(p + "turns_total", "Completed conversation turns", registry=r)
+        self.asr_speculative_total = Counter(
+            p + "asr_speculative_total",
+            "ASR started at the first silence: used at end of turn, or discarded on resume",
+            ["outcome"], registry=r,
+        )
+        self.phrases_played_total = Counter(
+            p + "phrases_played_total",
+            "Cached phrases played (greeting, filler, apology, please_hold, reprompt, ...)",
+            ["phrase"], registry=r,
+        )
         self.queue_depth = Gauge(
             p + "queue_depth", "Jobs waiting for a model worker", ["engine"], registry=r
         )
