@@ -1,0 +1,78 @@
+"""The SIP side of the process assembled: transport + transactions + endpoint, and RTP
+sessions on the shared pacer and port allocator. The app maps its config onto this."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from media.clock import Clock
+from media.pacer import Pacer
+from pipeline.metrics import Metrics
+from sip.call import Media
+from sip.endpoint import EndpointSettings, HandlerFactory, SipEndpoint
+from sip.ports import PortAllocator
+from sip.rtp_session import MediaParams, RtpSession
+from sip.transport import SipTransport
+
+__all__ = ["SipServer", "SipServerConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SipServerConfig:
+    listen: str = "0.0.0.0"
+    port: int = 5060
+    transports: tuple[str, ...] = ("udp", "tcp")
+    rtp_port_min: int = 20000
+    rtp_port_max: int = 30000
+    media_timeout: float = 30.0
+    timer_t1: float = 0.5
+    timer_t2: float = 4.0
+    tcp_idle_timeout: float = 120.0
+    shutdown_timeout: float = 10.0
+    endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+
+
+class SipServer:
+    def __init__(self, config: SipServerConfig, *, handler_factory: HandlerFactory,
+                 clock: Clock, metrics: Metrics, pacer: Pacer) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self.pacer = pacer
+        self.ports = PortAllocator(config.rtp_port_min, config.rtp_port_max)
+        self.transport = SipTransport(
+            self._receive, clock=clock, metrics=metrics,
+            advertised_address=config.endpoint.advertised_address,
+            tcp_idle_timeout=config.tcp_idle_timeout,
+        )
+        self.endpoint = SipEndpoint(
+            config.endpoint, transport=self.transport, handler_factory=handler_factory,
+            media_factory=self.open_media, clock=clock, metrics=metrics,
+            t1=config.timer_t1, t2=config.timer_t2,
+        )
+
+    def _receive(self, message, source) -> None:  # type: ignore[no-untyped-def]
+        self.endpoint.receive(message, source)
+
+    async def open_media(self, params: MediaParams) -> Media:
+        """An RtpSession on a port pair from the range, ticking on the shared pacer."""
+        return await RtpSession.open(
+            params, local_host=self.config.listen, ports=self.ports, clock=self.clock,
+            pacer=self.pacer, metrics=self.metrics, media_timeout=self.config.media_timeout,
+        )
+
+    @property
+    def port(self) -> int:
+        return self.transport.port
+
+    async def start(self) -> None:
+        c = self.config
+        await self.transport.start(c.listen, c.port, c.transports)
+
+    async def stop(self) -> None:
+        """503 to new calls, BYE to calls in progress (bounded), then close the sockets."""
+        await self.endpoint.shutdown(self.config.shutdown_timeout)
+        await self.transport.stop()
