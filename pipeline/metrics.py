@@ -8,7 +8,14 @@ Tests make their own `Metrics(CollectorRegistry())` so they never share counters
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 TRANSPORTS = ("sip", "twilio", "freeswitch", "audiosocket", "browser")
 STAGES = ("asr", "llm_first_token", "llm_total", "tts_first_audio", "tts_total")
@@ -26,6 +33,9 @@ _CALL_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry if registry is not None else CollectorRegistry()
+        # CPU and memory of this process (process_cpu_seconds_total, ...) for the Capacity board.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         p = "switchboard_"
         # Calls
         self.calls_active = Gauge(
