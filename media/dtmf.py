@@ -61,12 +61,13 @@ class DtmfEvent:
             raise DtmfError(f"volume must be 0..63, got {self.volume}")
         if not 0 <= self.duration <= MAX_DURATION:
             raise DtmfError(f"duration must be 0..65535, got {self.duration}")
-        return _EVENT.pack(self.event, self.volume | 0x80 if self.end else self.volume,
-                           self.duration)
+        return _EVENT.pack(
+            self.event, self.volume | 0x80 if self.end else self.volume, self.duration
+        )
 
 
 def digit_to_event(digit: str) -> int:
-    """"0"-"9", "*", "#", "A"-"D" (either case) -> event code 0..15."""
+    """ "0"-"9", "*", "#", "A"-"D" (either case) -> event code 0..15."""
     code = DIGITS.find(digit.upper()) if len(digit) == 1 else -1
     if code < 0:
         raise DtmfError(f"not a DTMF digit: {digit!r}")
@@ -113,11 +114,7 @@ class DtmfDecoder:
                 return None
             if -_STALE_WINDOW < delta < 0:
                 return None  # reordered packet of an earlier event
-            if (
-                delta == MAX_DURATION
-                and report.event == self._event
-                and not self._ended
-            ):
+            if delta == MAX_DURATION and report.event == self._event and not self._ended:
                 # Next segment of a long event: same key press, new timestamp.
                 self._timestamp = timestamp
                 self._ended = report.end

@@ -82,9 +82,7 @@ def _split(data: bytes, expected_type: int | None = None) -> tuple[int, int, byt
         if padding == 0:
             raise RtcpError("RTCP padding count is 0")
         if padding > size - 4:
-            raise RtcpError(
-                f"RTCP padding count {padding} is larger than the {size - 4}-byte body"
-            )
+            raise RtcpError(f"RTCP padding count {padding} is larger than the {size - 4}-byte body")
         end -= padding
     return b0 & 0x1F, packet_type, data[4:end]
 
@@ -178,7 +176,10 @@ class SenderReport:
         _check_extension(self.extension, "SR")
         try:
             info = _SENDER_INFO.pack(
-                self.ssrc, self.ntp_timestamp, self.rtp_timestamp, self.packet_count,
+                self.ssrc,
+                self.ntp_timestamp,
+                self.rtp_timestamp,
+                self.packet_count,
                 self.octet_count,
             )
         except struct.error as exc:
@@ -459,9 +460,7 @@ class ReceptionStats:
         self._received += 1
         return True
 
-    def update(
-        self, seq: int, rtp_timestamp: int, arrival_seconds: float, clock_rate: int
-    ) -> bool:
+    def update(self, seq: int, rtp_timestamp: int, arrival_seconds: float, clock_rate: int) -> bool:
         """Account for one received packet. Returns False if A.1 does not accept it yet
         (probation, or the first packet after a large sequence jump)."""
         if not self._update_seq(seq):

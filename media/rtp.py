@@ -139,8 +139,7 @@ class RtpPacket:
         padding = self.padding
         if not csrcs and extension is None and not padding:
             return (
-                _HEADER.pack(_PLAIN_V2, b1, self.sequence, self.timestamp, self.ssrc)
-                + self.payload
+                _HEADER.pack(_PLAIN_V2, b1, self.sequence, self.timestamp, self.ssrc) + self.payload
             )
 
         count = len(csrcs)
