@@ -12,7 +12,7 @@ from pipeline.metrics import Metrics
 from sip.call import Media
 from sip.endpoint import EndpointSettings, HandlerFactory, SipEndpoint
 from sip.ports import PortAllocator
-from sip.rtp_session import MediaParams, RtpSession
+from sip.rtp_session import MediaParams, RtpOptions, RtpSession
 from sip.transport import SipTransport
 
 __all__ = ["SipServer", "SipServerConfig"]
@@ -43,6 +43,7 @@ class SipServer:
         self.metrics = metrics
         self.pacer = pacer
         self.ports = PortAllocator(config.rtp_port_min, config.rtp_port_max)
+        self._rtp_options = RtpOptions(media_timeout=config.media_timeout)
         self.transport = SipTransport(
             self._receive, clock=clock, metrics=metrics,
             advertised_address=config.endpoint.advertised_address,
@@ -61,7 +62,7 @@ class SipServer:
         """An RtpSession on a port pair from the range, ticking on the shared pacer."""
         return await RtpSession.open(
             params, local_host=self.config.listen, ports=self.ports, clock=self.clock,
-            pacer=self.pacer, metrics=self.metrics, media_timeout=self.config.media_timeout,
+            pacer=self.pacer, metrics=self.metrics, options=self._rtp_options,
         )
 
     @property

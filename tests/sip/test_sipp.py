@@ -1,0 +1,190 @@
+"""Acceptance: real SIPp runs every scenario in loadtest/sipp/ against a real
+`switchboard serve --agent echo`, over UDP and over TCP.
+
+uac_pcmu plays speech.pcap: real speech (the packaged Piper voice), resampled to 8 kHz,
+μ-law RTP written as a classic pcap by loadtest/pcap.py.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from loadtest.pcap import (
+    PcapRecord,
+    pcm_to_rtp,
+    read_pcap,
+    udp_frame,
+    udp_payload,
+    write_pcap,
+    write_rtp_pcap,
+)
+from media.rtp import RtpPacket
+from tests.helpers import Server, free_port, switchboard
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp (sip-tester) not installed"),
+]
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "loadtest" / "sipp"
+TRANSPORTS = {"udp": "u1", "tcp": "t1"}
+SPEECH = "Hello, this is a test call. Please repeat after me: one, two, three, four."
+
+
+@dataclass
+class SippRun:
+    returncode: int
+    messages: str
+    errors: str
+    output: str
+
+    def explain(self) -> str:
+        tail = self.output[-3000:]
+        return f"exit {self.returncode}\n--- errors\n{self.errors}\n--- output\n{tail}"
+
+
+def run_sipp(scenario: str, transport: str, server: Server, workdir: Path,
+             *extra: str) -> SippRun:
+    name = f"{scenario}-{transport}"
+    messages, errors = workdir / f"{name}.messages.log", workdir / f"{name}.errors.log"
+    cmd = [
+        "sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"), "-m", "1", "-timeout", "30s",
+        "-timeout_error", "-trace_err", "-trace_msg", "-message_file", str(messages),
+        "-error_file", str(errors), "-t", TRANSPORTS[transport], "-i", "127.0.0.1",
+        "-p", str(free_port()), "-mp", str(free_port()), "-nostdin", *extra,
+        f"127.0.0.1:{server.sip_port}",
+    ]
+    proc = subprocess.run(cmd, cwd=workdir, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=90)
+    read = lambda p: p.read_text(errors="replace") if p.exists() else ""  # noqa: E731
+    return SippRun(proc.returncode, read(messages), read(errors), proc.stdout + proc.stderr)
+
+
+def speech_pcm_8k() -> bytes:
+    from media.resample import StreamResampler
+    from pipeline.tts import PiperTts
+
+    tts = PiperTts()
+    pcm = b"".join(tts.synthesize(SPEECH))
+    resampler = StreamResampler(tts.sample_rate, 8000)
+    return resampler.process(pcm) + resampler.flush()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder SIPp runs in; it holds speech.pcap for uac_pcmu."""
+    path = tmp_path_factory.mktemp("sipp")
+    count = write_rtp_pcap(path / "speech.pcap", pcm_to_rtp(speech_pcm_8k()))
+    assert count > 150  # several seconds of 20 ms packets
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The echo agent; it rings for 0.5 s so that uac_cancel can CANCEL."""
+    env = {"SWITCHBOARD_SIP__RING_SECONDS": "0.5", "SWITCHBOARD_SIP__MEDIA_TIMEOUT": "30",
+           "SWITCHBOARD_SIP__RTP_PORT_MIN": "40000", "SWITCHBOARD_SIP__RTP_PORT_MAX": "40100"}
+    with switchboard(tmp_path_factory.mktemp("server"), "--agent", "echo", env=env) as s:
+        yield s
+        assert "Traceback" not in s.log(), s.log()
+
+
+@pytest.fixture(scope="module")
+def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Hangs up after 2 s without RTP: uac_bye_from_server waits for its BYE."""
+    env = {"SWITCHBOARD_SIP__MEDIA_TIMEOUT": "2",
+           "SWITCHBOARD_SIP__RTP_PORT_MIN": "40200", "SWITCHBOARD_SIP__RTP_PORT_MAX": "40300"}
+    with switchboard(tmp_path_factory.mktemp("impatient"), "--agent", "echo", env=env) as s:
+        yield s
+        assert "Traceback" not in s.log(), s.log()
+
+
+def counter(server: Server, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.compile(rf"^switchboard_{name}(?:\{{([^}}]*)\}})? ([0-9.e+]+)$", re.M)
+    total = 0.0
+    for found_labels, value in pattern.findall(server.metrics()):
+        if not want or ",".join(sorted(found_labels.split(","))) == want:
+            total += float(value)
+    return total
+
+
+def status_lines(messages: str, status: str) -> int:
+    return len(re.findall(rf"^SIP/2\.0 {status} ", messages, re.M))
+
+
+@pytest.fixture(params=sorted(TRANSPORTS))
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def test_options(server: Server, workdir: Path, transport: str) -> None:
+    run = run_sipp("options", transport, server, workdir)
+    assert run.returncode == 0, run.explain()
+    assert re.search(r"^Allow: INVITE, ACK, BYE, CANCEL, OPTIONS", run.messages, re.M)
+
+
+def test_uac_488(server: Server, workdir: Path, transport: str) -> None:
+    run = run_sipp("uac_488", transport, server, workdir)
+    assert run.returncode == 0, run.explain()
+    assert status_lines(run.messages, "488") >= 1
+
+
+def test_uac_cancel(server: Server, workdir: Path, transport: str) -> None:
+    run = run_sipp("uac_cancel", transport, server, workdir)
+    assert run.returncode == 0, run.explain()
+    assert status_lines(run.messages, "487") >= 1
+
+
+def test_uac_hold(server: Server, workdir: Path, transport: str) -> None:
+    run = run_sipp("uac_hold", transport, server, workdir)
+    assert run.returncode == 0, run.explain()
+
+
+def test_uac_lost_ack(server: Server, workdir: Path, transport: str) -> None:
+    run = run_sipp("uac_lost_ack", transport, server, workdir)
+    assert run.returncode == 0, run.explain()
+    # The INVITE's 200 came at least three times (T1 = 0.5 s: at 0, 0.5 and 1.5 s), then
+    # one more 200 answers the BYE.
+    ok_to_invite = re.findall(r"^SIP/2\.0 200 OK\r?\n(?:[^\r\n]+\r?\n)*?CSeq: 1 INVITE",
+                              run.messages, re.M)
+    assert len(ok_to_invite) >= 3, run.messages
+
+
+def test_uac_bye_from_server(impatient_server: Server, workdir: Path, transport: str) -> None:
+    run = run_sipp("uac_bye_from_server", transport, impatient_server, workdir)
+    assert run.returncode == 0, run.explain()
+    assert re.search(r"^BYE sip:", run.messages, re.M)
+    assert counter(impatient_server, "calls_total", outcome="media_timeout",
+                   transport="sip") >= 1
+
+
+def test_uac_pcmu_echo_call(server: Server, workdir: Path, transport: str) -> None:
+    received = counter(server, "rtp_packets_received_total")
+    sent = counter(server, "rtp_packets_sent_total")
+    run = run_sipp("uac_pcmu", transport, server, workdir, "-d", "5000")
+    assert run.returncode == 0, run.explain()
+    # Most of the speech arrived, and the echo agent answered with packets of its own.
+    packets = sum(1 for _ in read_pcap((workdir / "speech.pcap").read_bytes()))
+    assert counter(server, "rtp_packets_received_total") - received >= 0.9 * packets
+    assert counter(server, "rtp_packets_sent_total") - sent >= 0.9 * packets
+
+
+def test_pcap_round_trip() -> None:
+    packets = pcm_to_rtp(bytes(range(160)) * 6, "PCMA", first_sequence=65535)  # 3 frames
+    assert [p.sequence for p in packets] == [65535, 0, 1]
+    assert packets[0].marker and not packets[1].marker and packets[1].timestamp == 160
+    out = io.BytesIO()
+    records = [PcapRecord(10 + n * 0.02, udp_frame(bytes(p))) for n, p in enumerate(packets)]
+    assert write_pcap(out, records) == 3
+    back = list(read_pcap(out.getvalue()))
+    assert [round(r.time, 6) for r in back] == [10.0, 10.02, 10.04]
+    assert [RtpPacket.parse(udp_payload(r.frame)) for r in back] == packets
