@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "SWITCHBOARD_"
-_SECRETS = {("password",), ("api_key",), ("auth_token",)}  # never echoed in errors
+_SECRETS = {("password",), ("api_key",), ("auth_token",), ("token",)}  # never echoed in errors
 
 
 class ConfigError(Exception):
@@ -115,6 +115,84 @@ class LogConfig(_Section):
     format: Literal["text", "json"] = "text"
 
 
+# -- media-stream doors (streams/) ---------------------------------------------------------
+
+
+class TwilioStreamsConfig(_Section):
+    """Twilio Media Streams. With an auth token, webhooks and stream upgrades must carry a
+    valid X-Twilio-Signature; with the account SID too, hang-up and transfer use the REST API."""
+
+    auth_token: str = Field(default="", repr=False)
+    account_sid: str = Field(default="", repr=False)
+    max_lead_ms: int = Field(default=100, ge=20, le=2000)  # audio sent ahead of real time
+
+    @field_validator("max_lead_ms")
+    @classmethod
+    def _whole_frames(cls, v: int) -> int:
+        if v % 20:
+            raise ValueError(f"must be a multiple of 20 ms, got {v}")
+        return v
+
+
+class FreeswitchStreamsConfig(_Section):
+    """mod_audio_stream. `output`: stream_audio = the open-source module's JSON streamAudio
+    messages (played by the dialplan on mod_audio_stream::play); binary = raw L16 back, for
+    the full-duplex build."""
+
+    token: str = Field(default="", repr=False)  # required in ?token= or a header when set
+    output: Literal["stream_audio", "binary"] = "stream_audio"
+    sample_rate: Literal[8000, 16000] = 8000  # unless the metadata names one
+    chunk_ms: int = Field(default=200, ge=20, le=240)  # audio per streamAudio message
+    max_lead_ms: int = Field(default=100, ge=20, le=2000)  # binary output: ahead of real time
+
+    @field_validator("chunk_ms", "max_lead_ms")
+    @classmethod
+    def _whole_frames(cls, v: int) -> int:
+        if v % 20:
+            raise ValueError(f"must be a multiple of 20 ms, got {v}")
+        return v
+
+
+class AudioSocketConfig(_Section):
+    """Asterisk AudioSocket. The protocol has no authentication: only sources inside
+    `allowed_networks` are served."""
+
+    enabled: bool = False
+    listen: str = "0.0.0.0"
+    port: int = Field(default=9092, ge=1, le=65535)
+    allowed_networks: list[str] = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
+                                   "192.168.0.0/16"]
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{net!r} is not a CIDR network ({e})") from None
+        return v
+
+
+class StreamsConfig(_Section):
+    public_base_url: str | None = None  # e.g. https://voice.example.com, for TwiML stream URLs
+    max_concurrent_streams: int = Field(default=200, ge=1)  # all stream doors together
+    max_message_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
+    idle_timeout: float = Field(default=10.0, gt=0, le=3600)  # close a stream silent this long
+    twilio: TwilioStreamsConfig = TwilioStreamsConfig()
+    freeswitch: FreeswitchStreamsConfig = FreeswitchStreamsConfig()
+    audiosocket: AudioSocketConfig = AudioSocketConfig()
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.startswith(("https://", "http://")) or "?" in v or "#" in v:
+            raise ValueError("must be an http(s):// URL without query or fragment")
+        return v.rstrip("/")
+
+
 class Config(_Section):
     agent: Literal["echo", "conversation"] = "conversation"
     sip: SipConfig = SipConfig()
@@ -123,6 +201,7 @@ class Config(_Section):
     llm: LlmConfig = LlmConfig()
     tts: TtsConfig = TtsConfig()
     log: LogConfig = LogConfig()
+    streams: StreamsConfig = StreamsConfig()  # media-stream doors (streams/)
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:
