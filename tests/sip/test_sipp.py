@@ -188,3 +188,74 @@ def test_pcap_round_trip() -> None:
     back = list(read_pcap(out.getvalue()))
     assert [round(r.time, 6) for r in back] == [10.0, 10.02, 10.04]
     assert [RtpPacket.parse(udp_payload(r.frame)) for r in back] == packets
+
+
+def test_echo_agent_returns_the_callers_speech(server: Server, workdir: Path) -> None:
+    """End to end without SIPp: a UDP caller sends speech as RTP and hears it come back."""
+    import socket
+    import time
+
+    from media.g711 import ulaw_decode
+    from media.vad import rms_dbfs
+    from sip.message import SipResponse, parse_message
+    from sip.sdp import SessionDescription
+
+    sip_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sip_sock.bind(("127.0.0.1", 0))
+    rtp_sock.bind(("127.0.0.1", 0))
+    sip_sock.settimeout(5)
+    sip_port, rtp_port = sip_sock.getsockname()[1], rtp_sock.getsockname()[1]
+    server_addr = ("127.0.0.1", server.sip_port)
+    sdp = (f"v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+           f"m=audio {rtp_port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n")
+
+    def request(method: str, cseq: int, to_tag: str = "", body: str = "") -> bytes:
+        to = f";tag={to_tag}" if to_tag else ""
+        ctype = "Content-Type: application/sdp\r\n" if body else ""
+        return (f"{method} sip:echo@127.0.0.1:{server.sip_port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{sip_port};branch=z9hG4bK{method}{cseq};rport\r\n"
+                f"From: <sip:e2e@127.0.0.1:{sip_port}>;tag=e2e\r\n"
+                f"To: <sip:echo@127.0.0.1>{to}\r\nCall-ID: e2e-echo\r\n"
+                f"CSeq: {cseq} {method}\r\n"
+                f"Contact: <sip:e2e@127.0.0.1:{sip_port}>\r\nMax-Forwards: 70\r\n{ctype}"
+                f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+    def final_response() -> SipResponse:
+        while True:
+            message = parse_message(sip_sock.recv(65535))
+            if isinstance(message, SipResponse) and message.status >= 200:
+                return message
+
+    try:
+        sip_sock.sendto(request("INVITE", 1, body=sdp), server_addr)
+        ok = final_response()
+        assert ok.status == 200
+        tag = ok.to_addr.tag or ""
+        answer = SessionDescription.parse(ok.body)
+        media_addr = (answer.connection.address, answer.media[0].port)  # type: ignore[union-attr]
+        sip_sock.sendto(request("ACK", 1, tag), server_addr)
+        packets = pcm_to_rtp(speech_pcm_8k())
+        rtp_sock.setblocking(False)
+        heard: list[bytes] = []
+        start = time.monotonic()
+        for n, packet in enumerate(packets + pcm_to_rtp(bytes(320 * 50), first_sequence=9000)):
+            # Real-time pacing: the far end's jitter buffer plays what a phone would send.
+            delay = start + n * 0.02 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            rtp_sock.sendto(bytes(packet), media_addr)
+            while True:
+                try:
+                    heard.append(RtpPacket.parse(rtp_sock.recv(2048)).payload)
+                except BlockingIOError:
+                    break
+        sip_sock.sendto(request("BYE", 2, tag), server_addr)
+        assert final_response().status == 200
+    finally:
+        sip_sock.close()
+        rtp_sock.close()
+    loud_in = sum(1 for p in packets if rms_dbfs(ulaw_decode(p.payload)) > -40)
+    loud_out = sum(1 for p in heard if rms_dbfs(ulaw_decode(p)) > -40)
+    assert len(heard) >= 0.9 * len(packets)
+    assert loud_in > 50 and loud_out >= 0.8 * loud_in, (loud_in, loud_out)
