@@ -130,6 +130,16 @@ class Metrics:
         self.pacer_skipped_ticks_total = Counter(
             p + "pacer_skipped_ticks_total", "Ticks skipped after a stall", registry=r
         )
+        # Media streams (Twilio, FreeSWITCH, AudioSocket)
+        self.stream_frames_total = Counter(
+            p + "stream_frames_total", "20 ms audio frames carried by the stream doors",
+            ["transport", "direction"], registry=r,
+        )
+        self.stream_messages_invalid_total = Counter(
+            p + "stream_messages_invalid_total",
+            "Stream messages refused as malformed, unknown or out of place",
+            ["transport", "reason"], registry=r,
+        )
         # SIP
         self.sip_requests_total = Counter(
             p + "sip_requests_total", "SIP requests received", ["method"], registry=r
