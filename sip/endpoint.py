@@ -348,6 +348,10 @@ class SipEndpoint:
         async def run() -> None:
             try:
                 await reinvite(self, call, tx, request)
+            except Exception:
+                log.exception("call %s: re-INVITE failed", call.info.call_id)
+                if tx.last_response is None or tx.last_response.status < 200:
+                    tx.respond(call.dialog.response(request, 500, extra=self.server_headers()))
             finally:
                 call.reinvite_busy = False
 

@@ -8,9 +8,9 @@ retransmitted request gets the last response again and goes no further. INVITE s
 (UDP) until the ACK, and Timer H gives up. Non-INVITE: the final response is cached for
 retransmitted requests until Timer J.
 
-Client side: requests we send retransmit over UDP only (Timer A doubling, Timer E capped
-at T2), time out after 64*T1 (Timer B/F), and end with a response, TransactionTimeout
-or TransactionFailed; never a hang. A non-2xx final to an INVITE is ACKed here.
+Client side (sip.transaction_client, re-exported here): requests we send retransmit over
+UDP only, time out after 64*T1, and end with a response, TransactionTimeout or
+TransactionFailed; never a hang.
 
 Matching (17.1.3, 17.2.3): server by branch + sent-by + method (ACK matches its INVITE,
 CANCEL its own transaction, and `cancel_target` finds the INVITE it cancels); client by
@@ -19,30 +19,35 @@ branch + CSeq method. Every timer runs on the injectable clock.
 
 from __future__ import annotations
 
-import asyncio
-import enum
 import logging
 from collections.abc import Callable
-from typing import Protocol
 
 from media.clock import Clock
 from pipeline.metrics import Metrics
-from sip.headers import Via
 from sip.message import (
     SipMessage,
     SipRequest,
     SipResponse,
-    make_ack,
     make_response,
     new_branch,
 )
 from sip.timers import Timer, Timers
-from sip.transport import ErrorHandler, Source, Target, response_target
+from sip.transaction_client import (
+    ClientTransaction,
+    ResponseHandler,
+    Sender,
+    State,
+    TransactionError,
+    TransactionFailed,
+    TransactionTimeout,
+)
+from sip.transport import Source, Target, response_target
 
 __all__ = [
     "AnswerRetransmitter",
     "ClientTransaction",
     "InviteServerTransaction",
+    "Sender",
     "ServerTransaction",
     "State",
     "TransactionError",
@@ -56,38 +61,7 @@ log = logging.getLogger(__name__)
 MAGIC_COOKIE = "z9hG4bK"
 
 
-class Sender(Protocol):
-    """What the transaction layer needs from a transport (SipTransport, or a test fake)."""
-
-    def send(self, data: bytes, target: Target, on_error: ErrorHandler | None = None) -> None: ...
-
-    def via_for(self, target: Target, branch: str) -> Via: ...
-
-
-class TransactionError(Exception):
-    """A client transaction ended without a final response."""
-
-
-class TransactionTimeout(TransactionError, TimeoutError):
-    """No final response within 64*T1 (Timer B or F)."""
-
-
-class TransactionFailed(TransactionError):
-    """The transport could not deliver the request."""
-
-
-class State(enum.Enum):
-    CALLING = "calling"
-    TRYING = "trying"
-    PROCEEDING = "proceeding"
-    ACCEPTED = "accepted"
-    COMPLETED = "completed"
-    CONFIRMED = "confirmed"
-    TERMINATED = "terminated"
-
-
 RequestHandler = Callable[[SipRequest, Source, "ServerTransaction | None"], None]
-ResponseHandler = Callable[[SipResponse], None]
 
 
 def _server_key(request: SipRequest) -> tuple[str, ...]:
@@ -231,130 +205,6 @@ class InviteServerTransaction(ServerTransaction):
         super()._terminate()
 
 
-class ClientTransaction:
-    """A request we sent. `await result()` gives the final response or raises."""
-
-    def __init__(self, layer: TransactionLayer, request: SipRequest, target: Target,
-                 on_response: ResponseHandler | None) -> None:
-        self.layer = layer
-        self.request = request
-        self.target = target
-        self.on_response = on_response  # provisional responses, and 2xx retransmissions
-        self.invite = request.method == "INVITE"
-        self.state = State.CALLING if self.invite else State.TRYING
-        self.branch = request.top_via.branch or ""
-        self.key = (self.branch, request.method)
-        self.response: SipResponse | None = None
-        self._future: asyncio.Future[SipResponse] = asyncio.get_running_loop().create_future()
-        self._interval = layer.t1
-        self._retransmit: Timer | None = None
-        self._timeout: Timer | None = None
-        self._data = bytes(request)
-
-    def _start(self) -> None:
-        self._send(self._data)
-        t1 = self.layer.t1
-        if not self.target.reliable:
-            self._retransmit = self.layer.timers.start("A" if self.invite else "E", t1,
-                                                       self._resend)
-        self._timeout = self.layer.timers.start("B" if self.invite else "F", 64 * t1,
-                                                self._timed_out)
-
-    def _send(self, data: bytes) -> None:
-        self.layer.transport.send(data, self.target, self._transport_error)
-
-    def _resend(self) -> None:
-        if self.state not in (State.CALLING, State.TRYING, State.PROCEEDING):
-            return
-        if self.invite and self.state is State.PROCEEDING:
-            return  # Timer A stops at the first provisional response
-        self._send(self._data)
-        if self.invite:
-            self._interval *= 2  # Timer A doubles without a cap
-        elif self.state is State.PROCEEDING:
-            self._interval = self.layer.t2
-        else:
-            self._interval = min(2 * self._interval, self.layer.t2)
-        self._retransmit = self.layer.timers.start("A" if self.invite else "E", self._interval,
-                                                   self._resend)
-
-    async def result(self) -> SipResponse:
-        """The final response. Raises TransactionTimeout or TransactionFailed."""
-        return await asyncio.shield(self._future)
-
-    @property
-    def done(self) -> bool:
-        return self._future.done()
-
-    def _received(self, response: SipResponse) -> None:
-        status = response.status
-        if status < 200:
-            if self.state in (State.CALLING, State.TRYING):
-                self.state = State.PROCEEDING
-            if self.state is State.PROCEEDING:
-                self._notify(response)
-            return
-        if self.state is State.ACCEPTED:
-            if status < 300:
-                self._notify(response)  # a retransmitted 2xx: the dialog ACKs it again
-            return
-        if self.state is State.COMPLETED:
-            if self.invite and self.response is not None and status >= 300:
-                self._send(bytes(make_ack(self.request, self.response)))
-            return
-        if self.state is State.TERMINATED:
-            return
-        self.response = response
-        self._stop_timers()
-        if self.invite and status < 300:
-            self.state = State.ACCEPTED  # RFC 6026 Timer M: catch 2xx retransmissions
-            self._retransmit = self.layer.timers.start("M", 64 * self.layer.t1, self._terminate)
-        elif self.invite:
-            self.state = State.COMPLETED
-            self._send(bytes(make_ack(self.request, response)))
-            wait = 0 if self.target.reliable else 32.0
-            self._retransmit = self.layer.timers.start("D", wait, self._terminate)
-        else:
-            self.state = State.COMPLETED
-            wait = 0 if self.target.reliable else self.layer.t4
-            self._retransmit = self.layer.timers.start("K", wait, self._terminate)
-        if not self._future.done():
-            self._future.set_result(response)
-
-    def _notify(self, response: SipResponse) -> None:
-        if self.on_response is not None:
-            try:
-                self.on_response(response)
-            except Exception:
-                log.exception("response handler raised for %s", self.request.method)
-
-    def _timed_out(self) -> None:
-        self._fail(TransactionTimeout(
-            f"no final response to {self.request.method} after {64 * self.layer.t1:g} s"))
-
-    def _transport_error(self, exc: Exception) -> None:
-        self._fail(TransactionFailed(f"{self.request.method} not sent: {exc}"))
-
-    def _fail(self, exc: TransactionError) -> None:
-        if self._future.done():
-            return
-        log.info("%s", exc)
-        self._future.set_exception(exc)
-        self._future.exception()  # mark retrieved: nobody awaiting is not an error
-        self._terminate()
-
-    def _stop_timers(self) -> None:
-        for timer in (self._retransmit, self._timeout):
-            if timer is not None:
-                timer.cancel()
-        self._retransmit = self._timeout = None
-
-    def _terminate(self) -> None:
-        self._stop_timers()
-        self.state = State.TERMINATED
-        self.layer._client.pop(self.key, None)
-
-
 class AnswerRetransmitter:
     """The UAS core's 2xx retransmission (RFC 3261 13.3.1.4): T1, 2*T1 ... capped at T2
     between sends, until ack(); after 64*T1 without an ACK, `on_timeout` (send BYE)."""
@@ -453,7 +303,13 @@ class TransactionLayer:
                 if isinstance(target, InviteServerTransaction):
                     tx.cancel_target = target
         self._server[key] = tx
-        self.on_request(request, source, tx)
+        try:
+            self.on_request(request, source, tx)
+        except Exception:
+            # A bug above us must still end the transaction, or it would never terminate.
+            log.exception("%s %s: request handler raised", request.method, request.call_id)
+            if tx.last_response is None or tx.last_response.status < 200:
+                tx.reply(500)
 
     def _receive_response(self, response: SipResponse) -> None:
         via = response.top_via

@@ -388,3 +388,13 @@ async def test_stray_response_goes_to_handler(h: Harness) -> None:
                     UDP)
     assert strays == [200] and not tx.done
     h.layer.close()
+
+
+async def test_core_bug_still_ends_the_transaction_with_500(h: Harness) -> None:
+    def broken(req: SipRequest, source: Source, tx: ServerTransaction | None) -> None:
+        raise RuntimeError("bug")
+
+    h.layer.on_request = broken
+    h.layer.receive(request("BYE", "z9hG4bKbug", to_tag="b1"), UDP)
+    assert [m.status for m in h.sender.messages()] == [500]  # type: ignore[union-attr]
+    h.layer.close()
