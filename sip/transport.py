@@ -17,110 +17,47 @@ its connection with hold()/release() so that our BYE can still reach the caller.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import logging
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass, replace
 
 from media.clock import Clock
 from pipeline.metrics import Metrics
 from sip.framing import KEEPALIVE_PING, KEEPALIVE_PONG, StreamFramer
-from sip.grammar import SipParseError, split_outside
-from sip.headers import Headers, Via
+from sip.grammar import SipParseError
+from sip.headers import Via
 from sip.message import (
     DEFAULT_LIMITS,
     Limits,
-    SipMessage,
     SipRequest,
     error_response,
     parse_message,
 )
-from sip.uri import bare_host
+from sip.routing import (
+    DEFAULT_PORT,
+    Addr,
+    ErrorHandler,
+    MessageHandler,
+    Source,
+    Target,
+    TransportError,
+    is_ip,
+    response_target,
+    stamp_via,
+)
 
-__all__ = ["SipTransport", "Source", "Target", "TransportError", "response_target"]
+__all__ = [
+    "DEFAULT_PORT",
+    "ErrorHandler",
+    "SipTransport",
+    "Source",
+    "Target",
+    "TransportError",
+    "response_target",
+    "stamp_via",
+]
 
 log = logging.getLogger(__name__)
-
-Addr = tuple[str, int]
-DEFAULT_PORT = 5060
-MessageHandler = Callable[[SipMessage, "Source"], None]
-ErrorHandler = Callable[[Exception], None]
-
-
-class TransportError(ConnectionError):
-    """A message could not be sent (no route, connection refused or reset)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    """Where a message came from, and through which socket."""
-
-    transport: str  # "udp" | "tcp"
-    remote: Addr
-    local: Addr  # our address as the far end reached it (for Contact and SDP)
-    connection: int | None = None  # TCP connection id
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport != "udp"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where to send: `connection` is tried first while that TCP connection is open."""
-
-    transport: str
-    host: str
-    port: int
-    connection: int | None = None
-
-    @property
-    def reliable(self) -> bool:
-        return self.transport != "udp"
-
-
-def response_target(via: Via, source: Source | None) -> Target:
-    """RFC 3261 18.2.2 and RFC 3581 4: where the response to a request goes."""
-    transport = via.transport.lower()
-    port = via.port or DEFAULT_PORT
-    host = bare_host(via.host)
-    maddr = via.params.get("maddr")
-    if via.received:
-        host = via.received
-        if via.rport is not None:
-            port = via.rport
-    elif maddr:
-        host = maddr
-    connection = source.connection if source is not None else None
-    return Target(transport, host, port, connection)
-
-
-def stamp_via(request: SipRequest, remote: Addr) -> SipRequest:
-    """Add received (and fill rport) to the top Via, as a server does on receipt."""
-    via = request.top_via
-    if bare_host(via.host) == remote[0] and not via.has_rport:
-        return request
-    stamped = str(via.with_received(remote[0], remote[1]))
-    items = []
-    done = False
-    for name, value in request.headers:
-        if name == "Via" and not done:
-            parts = split_outside(value, ",")
-            value = ", ".join([stamped] + [p.strip() for p in parts[1:]])
-            done = True
-        items.append((name, value))
-    return replace(request, headers=Headers(items))
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
 
 def _addr(raw: tuple) -> Addr:  # type: ignore[type-arg]
     return (str(raw[0]), int(raw[1]))
@@ -282,7 +219,7 @@ class SipTransport:
         if cached is not None:
             return cached
         local = "127.0.0.1"
-        if _is_ip(remote_host):
+        if is_ip(remote_host):
             family = socket.AF_INET6 if ":" in remote_host else socket.AF_INET
             # connect() on UDP only looks up the route: no packet, no blocking.
             with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -330,7 +267,7 @@ class SipTransport:
     def send(self, data: bytes, target: Target, on_error: ErrorHandler | None = None) -> None:
         """Send one message; never raises (failures go to `on_error`, or the log)."""
         if target.transport == "udp":
-            if self._udp is not None and _is_ip(target.host):
+            if self._udp is not None and is_ip(target.host):
                 self._udp.sendto(data, (target.host, target.port))
                 return
             if self._udp is None:
@@ -359,7 +296,7 @@ class SipTransport:
         loop = asyncio.get_running_loop()
         try:
             host = target.host
-            if not _is_ip(host):
+            if not is_ip(host):
                 infos = await loop.getaddrinfo(host, target.port, type=socket.SOCK_DGRAM)
                 if not infos:
                     raise TransportError(f"cannot resolve {host!r}")
