@@ -41,7 +41,7 @@ from media.clock import Clock
 from media.vad import EnergyVad, SpeechEnd, SpeechResumed, SpeechStart, VadState
 from pipeline.calllog import CallLog
 from pipeline.engines import FILLERS, Engines
-from pipeline.leg import FRAME_MS, PIPELINE_RATE, CallLeg
+from pipeline.leg import FRAME_BYTES, FRAME_MS, PIPELINE_RATE, CallLeg
 from pipeline.llm import ConversationHistory
 from pipeline.metrics import Metrics
 from pipeline.speaker import Speaker, Spoken
@@ -110,6 +110,7 @@ class Conversation:
         self._ending: str | None = None
         self._hangup_frame = 0
         self._hung_up = False
+        self._bad_frames = 0
         self._spec_frames = max(1, -(-round(s.speculative_after_ms) // FRAME_MS))
         # Silent frames kept after the last speech frame: the speculation's, so that its
         # audio and the final utterance are the same bytes.
@@ -149,6 +150,12 @@ class Conversation:
 
     def on_frame(self, pcm: bytes) -> None:
         if self.leg is None or self.state is State.ENDED:
+            return
+        if len(pcm) != FRAME_BYTES:  # a door bug, not the caller's: drop it, keep the call
+            self._bad_frames += 1
+            if self._bad_frames == 1:
+                log.warning("dropping a %d-byte frame (want %d)", len(pcm), FRAME_BYTES,
+                            extra=self._extra)
             return
         self._frame += 1
         self.speaker.tick()
@@ -289,13 +296,16 @@ class Conversation:
     def _interrupt(self, ev: SpeechStart) -> None:
         """Barge-in: the caller talks while the bot thinks or speaks."""
         t0 = self.clock.now()
+        turn = self._turn
+        if turn is not None:
+            # Set first: clearing may close the turn (its marks come back unplayed).
+            turn.outcome = "interrupted"
         cleared: list[Spoken] = []
         if not self.speaker.idle:
             cleared = self.speaker.clear()
             latency = self.clock.now() - t0
             self.metrics.bargein_latency_seconds.labels(transport=self.transport).observe(latency)
             self.metrics.bargeins_total.labels(transport=self.transport).inc()
-        turn = self._turn
         self._cancel_response()
         if turn is not None:
             if not turn.resume and not turn.record.transcript:

@@ -134,9 +134,9 @@ class Speaker:
     def clear(self) -> list[Spoken]:
         """Barge-in: the leg drops its queue now. Every piece not confirmed played by now
         counts as not heard, whether or not the leg reports its mark before returning."""
-        self.leg.clear_audio()
         cleared = list(self._pending.values())
-        self._pending.clear()
+        self._pending.clear()  # marks the leg reports from inside clear_audio are now unknown
+        self.leg.clear_audio()
         for spoken in cleared:
             self._resolve(spoken, False)
         self._mirror_played += len(self._mirror)

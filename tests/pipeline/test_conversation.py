@@ -509,6 +509,11 @@ async def test_noise_barge_in_goes_back_to_listening_and_reprompts() -> None:
     assert c.leg.clears == 1
     assert c.conv.state is State.LISTENING
     assert len(llm.calls) == 1  # not answered again: the caller heard part of it
+    first = c.conv.calllog.turns[0]
+    assert first.outcome == "interrupted" and first.heard == "Our menu has pizza."
+    assert c.history()[-1]["content"] == "Our menu has pizza.…"
+    barge_in = next(e for e in c.conv.calllog.events if e["event"] == "barge_in")
+    assert barge_in["turn"] == 1 and barge_in["bot_audio"] == ["answer"]
     assert c.conv.calllog.turns[-1].outcome == "empty"
     await c.feed(silence(2.1))
     assert c.leg.kinds()[-1] == "reprompt"
@@ -675,9 +680,11 @@ async def test_stalled_turn_is_given_up_with_an_apology() -> None:
     await c.until_listening()
 
 
-async def test_dtmf_is_logged() -> None:
+async def test_dtmf_is_logged_and_bad_frames_are_dropped() -> None:
     c = Call()
     await c.start()
+    c.conv.on_frame(b"\0" * 100)  # a broken door: dropped, the call goes on
+    assert c.conv.state is State.LISTENING and c.conv._bad_frames == 1
     c.conv.on_dtmf("5")
     assert c.conv.calllog.events[-1]["event"] == "dtmf"
     assert c.conv.calllog.events[-1]["digit"] == "5"
