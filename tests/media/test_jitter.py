@@ -403,5 +403,7 @@ def test_any_network_keeps_order_and_bounds_and_recovers(
     tail = slots[-250:]
     assert kinds(tail).count("packet") >= 245
     s = jb.stats
-    assert s.delay_seconds <= s.target_seconds + 2 * FRAME
+    # Above target by at most a frame plus what a fast sender adds while the buffer
+    # waits (5 s, there being no quiet frames here) before it drops one anyway.
+    assert s.delay_seconds <= s.target_seconds + FRAME + 250 * FRAME * abs(drift) + 0.005
     assert s.delay_seconds >= s.target_seconds - FRAME
