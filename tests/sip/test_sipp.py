@@ -259,3 +259,32 @@ def test_echo_agent_returns_the_callers_speech(server: Server, workdir: Path) ->
     loud_out = sum(1 for p in heard if rms_dbfs(ulaw_decode(p)) > -40)
     assert len(heard) >= 0.9 * len(packets)
     assert loud_in > 50 and loud_out >= 0.8 * loud_in, (loud_in, loud_out)
+
+
+def test_sigterm_hangs_up_calls_in_progress(tmp_path: Path, workdir: Path) -> None:
+    """Graceful shutdown: a call in progress gets our BYE, then the process exits 0."""
+    import time
+
+    env = {"SWITCHBOARD_SIP__RTP_PORT_MIN": "40400", "SWITCHBOARD_SIP__RTP_PORT_MAX": "40500"}
+    with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+        cmd = [
+            "sipp", "-sf", str(SCENARIOS / "uac_bye_from_server.xml"), "-m", "1",
+            "-timeout", "30s", "-timeout_error", "-t", "u1", "-i", "127.0.0.1",
+            "-p", str(free_port()), "-mp", str(free_port()), "-nostdin",
+            f"127.0.0.1:{server.sip_port}",
+        ]
+        sipp = subprocess.Popen(cmd, cwd=workdir, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while counter(server, "calls_active", transport="sip") < 1:
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.1)
+            server.proc.terminate()
+            assert server.proc.wait(timeout=20) == 0, server.log()
+            assert sipp.wait(timeout=30) == 0
+        finally:
+            if sipp.poll() is None:
+                sipp.kill()
+                sipp.wait()
+        assert "ending: shutdown" in server.log()
