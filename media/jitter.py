@@ -83,7 +83,7 @@ class JitterStats:
     concealed: int  # "missing" slots emitted, insertions included
     dropped: int  # frames discarded to shrink the delay or make room
     inserted: int  # frames added to grow the delay
-    resets: int  # SSRC changes and timeline restarts
+    resets: int  # SSRC changes and timeline rebases
     buffered: int  # packets held now
     delay_seconds: float  # playout delay at the last pop, above the fastest packet
     target_seconds: float
@@ -423,7 +423,8 @@ class JitterBuffer:
         """A packet left the buffer (played or dropped): sequence gaps before it are losses."""
         last = self._last_seq
         if last is None or seq > last:
-            if last is not None:
+            # A jump of thousands is a sender renumbering its packets, not a loss.
+            if last is not None and seq - last <= _SEEN_BITS:
                 self._lost += seq - last - 1
             self._last_seq = seq
 

@@ -234,6 +234,14 @@ def test_small_backward_jump_rebases_at_a_marker_or_after_25_late(marker: bool) 
     assert jb.stats.resets == 1
 
 
+def test_renumbered_sequence_is_not_counted_as_loss() -> None:
+    after = [((50 + i) * FRAME + 0.03, pkt(50 + i, seq0=21_000)) for i in range(50)]
+    jb = JitterBuffer(RATE, TICKS)
+    slots = play(jb, steady(50) + after, 2.5)
+    assert played(slots) == list(range(100))
+    assert jb.stats.lost == 0
+
+
 def test_off_grid_talk_spurt_moves_the_frame_grid() -> None:
     spurt2 = [
         ((100 + i) * FRAME + 0.03, pkt(100 + i, seq0=950, ts0=50_037, marker=i == 0))
