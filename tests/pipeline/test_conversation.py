@@ -9,6 +9,7 @@ One test runs the same scripted engines behind real ModelWorker threads.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import threading
 import time
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from media.clock import ManualClock
 from pipeline.asr import AsrResult
@@ -787,3 +790,53 @@ async def test_barge_in_stops_the_llm_in_its_worker_thread() -> None:
         await engines.aclose()
     assert math.isclose(metrics.registry.get_sample_value(
         "switchboard_bargeins_total", {"transport": "sip"}) or 0, 1)
+
+
+# --- property: whatever the caller does, the call never gets stuck --------------------------
+
+segment = st.one_of(
+    st.tuples(st.just("voice"), st.integers(5, 60)),  # frames
+    st.tuples(st.just("silence"), st.integers(1, 60)),
+)
+asr_out = st.one_of(st.just(""), st.just("Tell me more."), st.just("Bye!"),
+                    st.builds(RuntimeError, st.just("asr down")))
+llm_out = st.one_of(
+    st.just(["Sure thing.", " Here it is, in a few words."]),
+    st.just(["Okay."]),
+    st.just(["Half an answer,", ValueError("llm down")]),
+    st.just(["**", "\n"]),  # nothing speakable
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    script=st.lists(segment, min_size=1, max_size=8),
+    asr=st.lists(asr_out, max_size=8),
+    llm=st.lists(llm_out, max_size=8),
+    refuse=st.integers(0, 2),
+)
+def test_the_call_never_gets_stuck(
+    script: list[tuple[str, int]], asr: list[Any], llm: list[Any], refuse: int
+) -> None:
+    async def run() -> None:
+        c = Call(ScriptedAsr(*asr), ScriptedLlm(*llm), filler_after_s=0.3,
+                 reprompt_after_s=30.0, stall_s=5.0)
+        await c.start(play_greeting=False)
+        c.workers["llm"].refuse = refuse
+        for kind, n in script:
+            await c.feed(voice(n * FRAME_S) if kind == "voice" else silence(n * FRAME_S))
+        await c.feed(silence(8.0))  # the bot finishes whatever it was saying
+        assert c.conv.state in (State.LISTENING, State.ENDING), c.conv.state
+        if c.conv.state is State.ENDING:
+            assert c.leg.hangups
+        crashes = [s for m in c.metrics.registry.collect() for s in m.samples
+                   if s.name == "switchboard_stage_errors_total"
+                   and s.labels["stage"] == "conversation"]
+        assert not crashes
+        assert all(t.outcome != "pending" for t in c.conv.calllog.turns)
+        roles = [m["role"] for m in c.history()]
+        assert all(a != b for a, b in itertools.pairwise(roles)), roles
+        await c.conv.on_end("done")
+        assert not c.conv._tasks
+
+    asyncio.run(run())
