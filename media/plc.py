@@ -60,10 +60,11 @@ class G711Plc:
 
     def reset(self) -> None:
         """Forget the history (a new stream)."""
-        self._history = np.zeros(self._history_len, dtype=np.float64)
+        # The last history_len samples, as int16 bytes: the loss-free path is byte slicing.
+        self._history = bytes(2 * self._history_len)
         self._erased = 0  # 10 ms sub-frames concealed in a row
         # The pitch loop, set up when a loss starts.
-        self._loop_src = self._history
+        self._loop_src = np.zeros(self._history_len)
         self._pitch = self._pitch_max
         self._overlap = self._ola_max
         self._loop_len = 0
@@ -92,11 +93,11 @@ class G711Plc:
         shrink the jitter delay) it cross-fades from a pitch continuation the same way."""
         if len(pcm) % 2:
             raise ValueError(f"PCM16 must have an even number of bytes, got {len(pcm)}")
-        frame = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
-        if discontinuity and not self._erased and len(frame):
+        if discontinuity and not self._erased and pcm:
             self._start_loop(touch_history=False)
             self._erased = 1
-        if self._erased and len(frame):
+        if self._erased and pcm:
+            frame = np.frombuffer(pcm, dtype="<i2").astype(np.float64)
             olen = min(
                 self._overlap + (self._erased - 1) * self._end_ola_step, self._sub, len(frame)
             )
@@ -104,7 +105,8 @@ class G711Plc:
             gain = max(0.0, 1.0 - (self._erased - 1) * _ATTENUATION)
             frame[:olen] = _crossfade(synthetic * gain, frame[:olen])
             self._erased = 0
-        return _to_pcm(self._save(frame))
+            pcm = _to_pcm(frame)
+        return self._save(bytes(pcm))
 
     # -- lost frames -----------------------------------------------------------------
 
@@ -114,8 +116,7 @@ class G711Plc:
         count = 2 * sub if samples is None else samples
         if count <= 0 or count % sub:
             raise ValueError(f"conceal() needs a positive multiple of {sub} samples, got {count}")
-        parts = [self._save(self._synthesise_sub()) for _ in range(count // sub)]
-        return _to_pcm(np.concatenate(parts))
+        return b"".join(self._save(_to_pcm(self._synthesise_sub())) for _ in range(count // sub))
 
     def _synthesise_sub(self) -> np.ndarray:
         """One 10 ms sub-frame of concealment, following the Appendix I schedule."""
@@ -148,7 +149,7 @@ class G711Plc:
         return out * np.maximum(gain, 0.0)
 
     def _start_loop(self, touch_history: bool) -> None:
-        src = self._history.copy()
+        src = self._history_array()
         self._pitch = pitch = self._find_pitch(src)
         self._overlap = pitch >> 2
         self._tail = src[-self._overlap :].copy()  # the real end, before smoothing
@@ -157,7 +158,8 @@ class G711Plc:
         self._offset = 0
         self._smooth_loop_point()
         if touch_history:  # not yet played (output delay): blend the real end into the loop
-            self._history[-self._overlap :] = src[-self._overlap :]
+            cut = 2 * self._overlap
+            self._history = self._history[:-cut] + _to_pcm(src[-self._overlap :])
 
     def _smooth_loop_point(self) -> None:
         """End of the loop = real end cross-faded into what precedes the loop's start, so
@@ -189,13 +191,14 @@ class G711Plc:
         score = (fine @ recent) / np.sqrt(np.maximum(np.einsum("ij,ij->i", fine, fine), _MIN_POWER))
         return self._pitch_max - (lo + int(np.argmax(score)))
 
-    def _save(self, frame: np.ndarray) -> np.ndarray:
+    def _history_array(self) -> np.ndarray:
+        return np.frombuffer(self._history, dtype="<i2").astype(np.float64)
+
+    def _save(self, pcm: bytes) -> bytes:
         """Append to the history; return the frame-length output `delay_samples` behind."""
-        count = len(frame)
-        if count == 0:
-            return frame
-        joined = np.concatenate((self._history, frame))
-        end = len(joined) - self._ola_max
-        out = joined[end - count : end].copy()
-        self._history = joined[-self._history_len :]
-        return out
+        if not pcm:
+            return pcm
+        joined = self._history + pcm
+        end = len(joined) - 2 * self._ola_max
+        self._history = joined[-2 * self._history_len :]
+        return joined[end - len(pcm) : end]
