@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from media.clock import ManualClock
+from media.clock import ManualClock, MonotonicClock
 from pipeline.metrics import Metrics
 from sip.digest import AuthResult, Credentials, DigestServer
 from sip.headers import Address
@@ -24,8 +28,9 @@ from sip.registration import (
     granted_expires,
 )
 from sip.transaction import TransactionLayer
-from sip.transport import Source
+from sip.transport import SipTransport, Source
 from sip.uri import Uri
+from tests.helpers import free_port
 from tests.sip.test_transaction import FakeSender, settle
 
 REGISTRAR = Source("udp", ("192.0.2.50", 5060), ("192.0.2.10", 5060))
@@ -350,3 +355,64 @@ def test_retry_delay_bounds(failures: int, retry_after: int | None, seed: int) -
     assert delay <= max(ceiling, retry_after or 0)
 
 
+
+
+# -- against a real SIPp registrar -----------------------------------------------------------
+
+SIPP_DIR = Path(__file__).resolve().parents[2] / "loadtest" / "sipp"
+
+
+def start_sipp(scenario: str, port: int, tmp_path: Path, *args: str) -> subprocess.Popen[str]:
+    if shutil.which("sipp") is None:
+        pytest.skip("sipp is not installed")
+    return subprocess.Popen(
+        ["sipp", "-sf", str(SIPP_DIR / scenario), "-i", "127.0.0.1", "-p", str(port), "-m", "1",
+         "-nostdin", "-timeout", "60s", "-timeout_error", "-trace_err", *args],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def sipp_result(proc: subprocess.Popen[str], tmp_path: Path, timeout: float = 30.0) -> int:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    if proc.returncode != 0:
+        errors = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*errors.log"))
+        print(out[-3000:], errors[-3000:])
+    return proc.returncode
+
+
+@pytest.mark.slow
+async def test_register_refresh_unregister_with_real_sipp(tmp_path: Path) -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    sipp = start_sipp("registrar_auth.xml", port, tmp_path, "-set", "user", "alice",
+                      "-set", "password", "s3cret")
+    clock, metrics = MonotonicClock(), Metrics(CollectorRegistry())
+    layer: TransactionLayer | None = None
+    transport = SipTransport(lambda m, s: layer.receive(m, s) if layer else None,  # type: ignore[func-returns-value]
+                             clock=clock, metrics=metrics)
+    await transport.start("127.0.0.1", 0, ("udp",))
+    layer = TransactionLayer(transport, clock, lambda *a: None, metrics=metrics)
+    reg = Registration(TrunkAccount.parse(f"127.0.0.1:{port}", username="alice",
+                                          password="s3cret", expires=600),
+                       transactions=layer, clock=clock, metrics=metrics,
+                       local_address=lambda t: (transport.local_host(t.host), transport.port))
+    try:
+        await asyncio.sleep(0.3)  # let SIPp bind
+        reg.start()
+        await asyncio.wait_for(reg.wait_state(RegistrationState.REGISTERED), 10)
+        first_expiry = reg.expires_at
+        assert first_expiry is not None and first_expiry - clock.now() <= 4.0
+        await asyncio.wait_for(reg.wait_state(RegistrationState.REGISTERING), 10)  # refresh
+        await asyncio.wait_for(reg.wait_state(RegistrationState.REGISTERED), 10)
+        assert reg.expires_at is not None and reg.expires_at - clock.now() > 3000
+        await reg.stop()
+        assert reg.state is RegistrationState.STOPPED and reg.last_status == 200
+    finally:
+        await reg.stop(unregister=False)
+        layer.close()
+        await transport.stop()
+    assert sipp_result(sipp, tmp_path) == 0
+    assert metrics.registry.get_sample_value("switchboard_sip_registrations_total",
+                                             {"outcome": "ok"}) == 2  # + the unregister
