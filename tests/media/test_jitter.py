@@ -399,8 +399,9 @@ def test_any_network_keeps_order_and_bounds_and_recovers(
         s = b.stats
         assert b.min_delay <= s.target_seconds <= b.max_delay
         assert s.buffered <= b.capacity
-        if order:
-            assert s.delay_seconds <= b.max_delay + FRAME
+        if order:  # playing: the delay stays within [min_delay, max_delay], give or take
+            # the 20 ms steps it is corrected in and a sudden shift of the base transit
+            assert b.min_delay - 2 * FRAME <= s.delay_seconds <= b.max_delay + FRAME
         if slot is not None and slot.packet is not None:
             seq = int.from_bytes(slot.packet.payload, "big")
             assert not order or seq > order[-1]
