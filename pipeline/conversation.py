@@ -38,21 +38,21 @@ from functools import partial
 from typing import Any
 
 from media.clock import Clock
-from media.vad import EnergyVad, SpeechEnd, SpeechResumed, SpeechStart, VadState
+from media.vad import EnergyVad, SpeechStart
 from pipeline.calllog import CallLog
 from pipeline.engines import FILLERS, Engines
 from pipeline.leg import FRAME_BYTES, FRAME_MS, PIPELINE_RATE, CallLeg
 from pipeline.llm import ConversationHistory
 from pipeline.metrics import Metrics
 from pipeline.speaker import Speaker, Spoken
-from pipeline.turns import ConversationSettings, Speculation, Turn, TurnRunner
+from pipeline.turns import ConversationSettings, Turn, TurnRunner
+from pipeline.utterance import GAP, Utterance, UtteranceCollector
 
 __all__ = ["Conversation", "ConversationSettings", "State"]
 
 log = logging.getLogger(__name__)
 
 _FRAME_S = FRAME_MS / 1000
-_GAP = bytes(PIPELINE_RATE // 5 * 2)  # 200 ms of silence between carried and new speech
 
 
 class State(enum.Enum):
@@ -96,13 +96,9 @@ class Conversation:
         self.leg: CallLeg | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._frame = 0
-        self._utt: list[bytes] | None = None  # caller frames since the VAD's pre-roll
-        self._utt_first = 0  # VAD frame index of _utt[0]
-        self._spec: Speculation | None = None
         self._turn: Turn | None = None  # the turn whose answer is not closed yet
         self._response: asyncio.Task[None] | None = None
         self._progress = 0  # frame of the running turn's last progress
-        self._carry = b""  # an utterance interrupted before it was transcribed
         self._resume = False  # the history ends with a question nobody heard answered
         self._idle = 0  # silent frames while LISTENING
         self._reprompts = 0
@@ -111,12 +107,14 @@ class Conversation:
         self._hangup_frame = 0
         self._hung_up = False
         self._bad_frames = 0
-        self._spec_frames = max(1, -(-round(s.speculative_after_ms) // FRAME_MS))
-        # Silent frames kept after the last speech frame: the speculation's, so that its
-        # audio and the final utterance are the same bytes.
-        spec_runs = self._spec_frames < self.vad.hangover_frames
-        self._tail = self._spec_frames if spec_runs else min(3, self.vad.hangover_frames)
-        self._max_utt = _frames(s.max_utterance_s)
+        self.utterance = UtteranceCollector(
+            self.vad,
+            start_asr=self._start_asr,
+            metrics=self.metrics,
+            clock=self.clock,
+            speculative_after_ms=s.speculative_after_ms,
+            max_seconds=s.max_utterance_s,
+        )
         self._max_call = _frames(s.max_call_s)
         self._filler_after = None if s.filler_after_s is None else _frames(s.filler_after_s)
         self._stall_after = _frames(s.stall_s)
@@ -160,21 +158,11 @@ class Conversation:
         self._frame += 1
         self.speaker.tick()
         ev = self.vad.process(pcm)
-        if self._utt is not None and len(self._utt) < self._max_utt:
-            self._utt.append(pcm)
+        utterance = self.utterance.push(pcm, ev, speculate=not self._ending)
         if isinstance(ev, SpeechStart):
             self._on_speech_start(ev)
-        elif isinstance(ev, SpeechResumed):
-            self._drop_speculation("discarded")
-        elif isinstance(ev, SpeechEnd):
-            self._on_speech_end(ev)
-        elif (
-            self.vad.state is VadState.STOPPING
-            and self._spec is None
-            and not self._ending
-            and self.vad.silence_frames >= self._spec_frames
-        ):
-            self._start_speculation()
+        elif utterance is not None:
+            self._on_utterance(utterance)
         self._timers()
 
     def on_dtmf(self, digit: str) -> None:
@@ -208,51 +196,27 @@ class Conversation:
 
     def _on_speech_start(self, ev: SpeechStart) -> None:
         self.metrics.vad_segments_total.labels(transport=self.transport).inc()
-        self._utt = list(ev.preroll)
-        self._utt_first = ev.frame - len(ev.preroll) + 1
         self._idle = 0
         if self._ending:
             return
         if self.state in (State.THINKING, State.SPEAKING):
             self._interrupt(ev)
 
-    def _start_speculation(self) -> None:
-        assert self._utt is not None
+    def _start_asr(self, audio: bytes) -> asyncio.Task[Any]:
+        """A speculative ASR job, owned by the call; its consumer handles its errors."""
         e = self.engines
-        audio = self._carry + b"".join(self._utt)
         job = partial(e.asr.transcribe, audio, self.settings.asr_hint)
-        task = self._spawn(e.asr_worker.submit(job, deadline_s=e.deadline("asr")), "asr-spec",
+        return self._spawn(e.asr_worker.submit(job, deadline_s=e.deadline("asr")), "asr-spec",
                            critical=False)
-        last = self.vad.frame_index - self.vad.silence_frames
-        spec = self._spec = Speculation(task, self.clock.now(), last)
-        task.add_done_callback(lambda _: setattr(spec, "finished", self.clock.now()))
 
-    def _drop_speculation(self, outcome: str) -> None:
-        if self._spec is not None:
-            self._spec.task.cancel()
-            self._spec = None
-            self.metrics.asr_speculative_total.labels(outcome=outcome).inc()
-
-    def _on_speech_end(self, ev: SpeechEnd) -> None:
-        utt, self._utt = self._utt or [], None
+    def _on_utterance(self, u: Utterance) -> None:
         if self._ending:
-            self._drop_speculation("discarded")
+            if u.spec is not None:
+                u.spec.task.cancel()
             return
-        now = self.clock.now()
-        speech_end = now - (ev.frame - ev.last_speech_frame) * _FRAME_S
-        keep = ev.last_speech_frame - self._utt_first + 1 + self._tail
-        audio = self._carry + b"".join(utt[:keep])
-        spec = self._spec
-        if spec is not None and spec.last_speech_frame == ev.last_speech_frame:
-            self._spec = None
-            self.metrics.asr_speculative_total.labels(outcome="used").inc()
-        else:
-            self._drop_speculation("discarded")
-            spec = None
-        self._carry = b""
-        self.calllog.event("speech_end", speech_s=round(ev.speech_frames * _FRAME_S, 3))
-        turn = Turn(self.calllog.new_turn(speech_end), speech_end, audio, spec)
-        turn.record.timings["speech"] = ev.speech_frames * _FRAME_S
+        self.calllog.event("speech_end", speech_s=round(u.speech_s, 3))
+        turn = Turn(self.calllog.new_turn(u.speech_end), u.speech_end, u.audio, u.spec)
+        turn.record.timings["speech"] = u.speech_s
         self._start_turn(turn)
 
     # --- turns ---------------------------------------------------------------------------
@@ -309,7 +273,8 @@ class Conversation:
         self._cancel_response()
         if turn is not None:
             if not turn.resume and not turn.record.transcript:
-                self._carry = turn.audio + _GAP  # not transcribed yet: say it with the next words
+                # Not transcribed yet: it is said again with the caller's next words.
+                self.utterance.carry = turn.audio + GAP
             elif not turn.heard:
                 self._resume = True
             self._close_turn(turn, "interrupted")
@@ -395,7 +360,7 @@ class Conversation:
                 self._play_filler(turn)
             if f - self._progress >= self._stall_after:
                 self._stalled(turn)
-        if self.state is State.LISTENING and self._utt is None:
+        if self.state is State.LISTENING and not self.utterance.collecting:
             self._idle += 1
             if self._reprompts < s.max_reprompts:
                 if self._idle >= self._reprompt_after:
@@ -430,7 +395,7 @@ class Conversation:
             return
         self._ending = reason
         self.calllog.event("ending", reason=reason)
-        self._drop_speculation("discarded")
+        self.utterance.drop_speculation()
         self._cancel_response()
         if self._turn is not None:
             self._close_turn(self._turn, "interrupted")

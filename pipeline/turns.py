@@ -31,6 +31,7 @@ from pipeline.engines import Engines
 from pipeline.llm import DEFAULT_SYSTEM_PROMPT, ConversationHistory
 from pipeline.metrics import Metrics
 from pipeline.speaker import Speaker, Spoken
+from pipeline.utterance import Speculation
 from pipeline.workers import QueueFull, WorkerError
 
 log = logging.getLogger(__name__)
@@ -90,16 +91,6 @@ def is_goodbye(text: str) -> bool:
 
 
 # --- a turn ---------------------------------------------------------------------------
-
-
-@dataclass(eq=False, slots=True)
-class Speculation:
-    """ASR started on the utterance so far when the silence began."""
-
-    task: asyncio.Task[AsrResult]
-    started: float
-    last_speech_frame: int
-    finished: float | None = None  # when the result came back (set by the conversation)
 
 
 @dataclass(eq=False, slots=True)

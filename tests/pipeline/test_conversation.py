@@ -23,12 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from media.clock import ManualClock
+from media.vad import EnergyVad
 from pipeline.asr import AsrResult
 from pipeline.conversation import Conversation, ConversationSettings, State
 from pipeline.engines import Engines, EngineSettings
 from pipeline.leg import FRAME_BYTES, CallInfo
 from pipeline.metrics import Metrics
 from pipeline.turns import is_goodbye
+from pipeline.utterance import UtteranceCollector
 from pipeline.workers import DeadlineExceeded, QueueFull
 
 RATE = 16000
@@ -442,6 +444,31 @@ async def test_without_speculation_the_utterance_is_transcribed_at_speech_end() 
     assert c.value("switchboard_asr_speculative_total", outcome="used") == 0
     assert not c.conv.calllog.turns[0].speculative_asr
     assert c.llm.calls[0][-1]["content"] == "Hello there"
+
+
+async def test_the_speculation_hears_exactly_the_final_utterance() -> None:
+    vad = EnergyVad(RATE, hangover_ms=400)
+    heard: list[bytes] = []
+
+    def start_asr(audio: bytes) -> asyncio.Task[Any]:
+        heard.append(audio)
+        return asyncio.ensure_future(asyncio.sleep(0))
+
+    metrics = Metrics()
+    u = UtteranceCollector(vad, start_asr=start_asr, metrics=metrics, clock=ManualClock(),
+                           speculative_after_ms=60, max_seconds=30)
+    ends = []
+    for f in silence(0.5) + voice(0.5) + silence(0.2) + voice(0.7) + silence(0.5):
+        if (end := u.push(f, vad.process(f))) is not None:
+            ends.append(end)
+    (end,) = ends
+    assert len(heard) == 2 and end.spec is not None
+    assert heard[1] == end.audio  # the same bytes: its transcript is the transcript
+    assert end.speech_s == pytest.approx(1.4)
+    # 240 ms before the onset, the speech, the 60 ms of silence the speculation waited.
+    assert len(end.audio) / 2 / RATE == pytest.approx(0.24 + 1.4 + 0.06)
+    assert metrics.registry.get_sample_value(
+        "switchboard_asr_speculative_total", {"outcome": "discarded"}) == 1
 
 
 async def test_empty_transcript_goes_back_to_listening_silently() -> None:
