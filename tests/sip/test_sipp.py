@@ -170,10 +170,11 @@ def test_uac_bye_from_server(impatient_server: Server, workdir: Path, transport:
 def test_uac_pcmu_echo_call(server: Server, workdir: Path, transport: str) -> None:
     received = counter(server, "rtp_packets_received_total")
     sent = counter(server, "rtp_packets_sent_total")
-    run = run_sipp("uac_pcmu", transport, server, workdir, "-d", "5000")
+    packets = sum(1 for _ in read_pcap((workdir / "speech.pcap").read_bytes()))
+    hold_ms = packets * 20 + 500  # the BYE goes after the whole capture has played
+    run = run_sipp("uac_pcmu", transport, server, workdir, "-d", str(hold_ms))
     assert run.returncode == 0, run.explain()
     # Most of the speech arrived, and the echo agent answered with packets of its own.
-    packets = sum(1 for _ in read_pcap((workdir / "speech.pcap").read_bytes()))
     assert counter(server, "rtp_packets_received_total") - received >= 0.9 * packets
     assert counter(server, "rtp_packets_sent_total") - sent >= 0.9 * packets
 
