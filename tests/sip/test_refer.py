@@ -4,15 +4,26 @@ transaction layer and endpoint, NOTIFYs delivered as the far end would send them
 from __future__ import annotations
 
 import asyncio
+import socket
+from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from media.clock import MonotonicClock
+from media.pacer import Pacer
+from pipeline.metrics import Metrics
 from sip.call import SipCall
 from sip.digest import AuthResult, Credentials, DigestServer
 from sip.message import SipRequest, SipResponse
+from sip.outbound import Dialer
 from sip.refer import ReferError, SipFrag, SipFragError, on_notify, refer_to, transfer_call
-from sip.registration import DigestClient
+from sip.registration import DigestClient, TrunkAccount
+from sip.server import SipServer, SipServerConfig
+from tests.helpers import free_port
+from tests.sip.test_call import RecordingHandler
 from tests.sip.test_outbound import BOB, Rig, answer_sdp
+from tests.sip.test_registration import sipp_result, start_sipp
 from tests.sip.test_transaction import settle
 
 
@@ -226,3 +237,45 @@ async def test_stray_notifies_are_refused() -> None:
     with pytest.raises(ReferError, match="already ended"):
         await transfer(rig, call)
     await rig.close()
+
+
+# -- against a real SIPp far end -------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_outbound_407_then_refer_against_real_sipp(tmp_path: Path) -> None:
+    port, rtp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    sipp = start_sipp("uas_auth_refer.xml", port, tmp_path, "-rtp_echo", "-mp", str(rtp),
+                      "-mi", "127.0.0.1")
+    clock, metrics = MonotonicClock(), Metrics(CollectorRegistry())
+    pacer = Pacer(clock)
+    pacer.start()
+    server = SipServer(SipServerConfig(listen="127.0.0.1", port=0, transports=("udp",),
+                                       rtp_port_min=41000, rtp_port_max=41998),
+                       handler_factory=Rig.refuse, clock=clock,  # type: ignore[arg-type]
+                       metrics=metrics, pacer=pacer)
+    await server.start()
+    server.endpoint.register_method("NOTIFY", on_notify)
+    trunk = TrunkAccount.parse(f"127.0.0.1:{port}", username="alice", password="s3cret")
+    dialer = Dialer(server.endpoint, trunk=trunk, local_address=lambda t: (
+        server.transport.local_host(t.host), server.port))
+    handler = RecordingHandler()
+    try:
+        await asyncio.sleep(0.3)  # let SIPp bind
+        attempt = dialer.prepare("+15551234", handler)
+        call = await asyncio.wait_for(dialer.run(attempt), 10)
+        assert attempt.state == "answered" and call.media.params.codec == "PCMU"
+        assert call.media.params.remote_port == rtp
+        await asyncio.sleep(0.5)  # some media both ways
+        await asyncio.wait_for(transfer_call(call, "sip:carol@127.0.0.1",
+                                             transactions=server.endpoint.transactions,
+                                             clock=clock, metrics=metrics), 15)
+        assert call.reason == "transfer" and handler.events[-1] == "end:transfer"
+        assert call.media.stats.packets_in > 10  # type: ignore[attr-defined]
+    finally:
+        await dialer.close()
+        await server.stop()
+        await pacer.stop()
+    assert sipp_result(sipp, tmp_path) == 0
+    assert metrics.registry.get_sample_value("switchboard_sip_transfers_total",
+                                             {"outcome": "ok"}) == 1
