@@ -15,9 +15,11 @@ from collections.abc import Callable
 from typing import Protocol
 
 from media.clock import Clock
-from pipeline.leg import CallHandler, CallInfo, TransferError
+from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.dialog import Dialog, DialogError, DialogState
+from sip.refer import Transfer, transfer_call
+from sip.registration import DigestClient
 from sip.rtp_session import MediaParams
 from sip.sdp import SdpSession
 from sip.transaction import AnswerRetransmitter, TransactionError, TransactionLayer
@@ -89,6 +91,8 @@ class SipCall:
         self.reanswer: tuple[int, AnswerRetransmitter] | None = None  # re-INVITE 2xx
         self.reinvite_busy = False  # a re-INVITE has not had its final response yet
         self.tasks: set[asyncio.Task[None]] = set()  # helpers to cancel at close
+        self.refer: Transfer | None = None  # a blind transfer in progress (sip.refer)
+        self.auth: DigestClient | None = None  # credentials for challenged in-dialog requests
         self.reason: str | None = None  # why it ended, once close() began
         self.started_at: float | None = None
         self._started = False
@@ -114,7 +118,10 @@ class SipCall:
             self.media.send_dtmf(digits)
 
     async def transfer(self, target: str) -> None:
-        raise TransferError("REFER not yet supported")
+        """Blind transfer with REFER; once the target has answered, our leg hangs up
+        ("transfer"). Raises sip.refer.ReferError (a TransferError) with the status."""
+        await transfer_call(self, target, transactions=self._tx, clock=self._clock,
+                            metrics=self._metrics, auth=self.auth)
 
     async def hangup(self, reason: str = "hangup") -> None:
         """End the call from our side with a BYE. Idempotent."""

@@ -31,6 +31,7 @@ from sip.invite import (
     retry_after_jitter,
 )
 from sip.message import SipMessage, SipRequest, SipResponse, make_response, new_tag
+from sip.refer import on_notify
 from sip.rtp_session import MediaParams
 from sip.sdp import SdpSession
 from sip.transaction import (
@@ -116,6 +117,8 @@ class SipEndpoint:
         self._networks = [ipaddress.ip_network(n, strict=False)
                           for n in settings.trusted_networks]
         self.methods: dict[str, MethodHandler] = {}  # extensions: REFER, NOTIFY, ...
+        # The progress of our blind transfers (REFER, sip.refer) comes in NOTIFYs.
+        self.register_method("NOTIFY", on_notify)
 
     # -- wiring ------------------------------------------------------------------------------
 

@@ -132,7 +132,7 @@ def parse_destination(to: str, trunk: TrunkAccount | None) -> Destination:
 class OutboundCall:
     """One outbound call attempt, from INVITE to answer (or failure). `await run()`."""
 
-    def __init__(self, dialer: Dialer, dest: Destination, handler: CallHandler, *,
+    def __init__(self, dialer: Dialer, dest: Destination, handler: CallHandler | None, *,
                  codecs: Sequence[str], caller: str | None, headers: Iterable[tuple[str, str]],
                  ring_timeout: float) -> None:
         self.dialer = dialer
@@ -148,6 +148,9 @@ class OutboundCall:
                           ep.settings.contact_user)
         domain = trunk.domain_name if trunk is not None else None
         self._from_user, self._from_domain = user, domain
+        uri = dest.uri
+        self.info = CallInfo(self.call_id, "sip", caller=user, callee=uri.user or "",
+                             params={"direction": "outbound", "to": str(uri)})
         self._headers = tuple(headers)
         self._auth = trunk.digest() if trunk is not None else None
         self.state = "new"  # calling, ringing, answered, failed, cancelled
@@ -187,6 +190,8 @@ class OutboundCall:
 
     async def _run(self) -> SipCall:
         ep = self.dialer.endpoint
+        if self.handler is None:
+            raise DialError("no handler for the call")
         if ep.full or not ep.accepting:
             raise CallLimitReached("at the call limit" if ep.full else "shutting down", 503)
         host, port = self.dialer.local_address(self.dest.target)
@@ -291,7 +296,10 @@ class OutboundCall:
             ep.transactions.request(make_cancel(tx.request), tx.target)
         try:
             response = await with_deadline(clock, clock.now() + wait, tx.result())
-        except (TimeoutError, TransactionError):
+        except TimeoutError:
+            tx.give_up()  # nothing came back in 64*T1: the INVITE transaction ends here
+            return
+        except TransactionError:
             return
         if 200 <= response.status < 300:
             self._ack_and_bye(tx.request, response)
@@ -363,14 +371,14 @@ class OutboundCall:
             dialog.terminate()
             raise DialError(f"unusable SDP answer: {exc}", 488) from None
         media.update(params)
-        uri = self.dest.uri
-        info = CallInfo(self.call_id, "sip", caller=self._from_user, callee=uri.user or "",
-                        params={"direction": "outbound", "to": str(uri),
-                                "from": str(self._local_uri.uri)})
+        assert self.handler is not None
+        info = CallInfo(self.call_id, "sip", self.info.caller, self.info.callee,
+                        {**self.info.params, "from": str(self._local_uri.uri)})
         call = SipCall(info=info, dialog=dialog, media=media, handler=self.handler,
                        transactions=ep.transactions, clock=ep.clock, metrics=ep.metrics,
                        on_closed=self.dialer.call_closed)
         call.sdp = sdp
+        call.auth = self._auth  # trunk credentials, for a challenged REFER
         ep.calls[dialog.id] = call  # the endpoint routes its in-dialog requests from now on
         ep.metrics.calls_active.labels("sip").inc()
         self.state, self.call = "answered", call
@@ -398,10 +406,12 @@ class Dialer:
         self.pending: dict[str, OutboundCall] = {}
         self._tasks: set[asyncio.Task[object]] = set()
 
-    def prepare(self, to: str, handler: CallHandler, *, codecs: Sequence[str] | None = None,
+    def prepare(self, to: str, handler: CallHandler | None = None, *,
+                codecs: Sequence[str] | None = None,
                 caller: str | None = None, headers: Iterable[tuple[str, str]] = (),
                 ring_timeout: float | None = None) -> OutboundCall:
-        """Check the destination (DestinationError) and make the call object."""
+        """Check the destination (DestinationError) and make the call object. The handler
+        may be set later (`attempt.handler = factory(attempt.info)`), before run()."""
         dest = parse_destination(to, self.trunk)
         chosen = tuple(codecs or self.endpoint.settings.codecs)
         unknown = [c for c in chosen if c.lower() not in KNOWN_CODECS]

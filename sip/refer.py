@@ -192,15 +192,14 @@ def is_refer_event(value: str | None) -> bool:
 
 def on_notify(call: SipCall | None, request: SipRequest, tx: ServerTransaction) -> None:
     """The endpoint's NOTIFY handler (endpoint.register_method("NOTIFY", on_notify))."""
-    transfer: Transfer | None = getattr(call, "refer", None)
     if call is None:
         tx.respond(make_response(request, 481))
     elif not is_refer_event(request.header("Event")):
         tx.respond(call.dialog.response(request, 489, "Bad Event"))
-    elif transfer is None:
+    elif call.refer is None:
         tx.respond(call.dialog.response(request, 481, "No Such Subscription"))
     else:
-        transfer.notify(request, tx)
+        call.refer.notify(request, tx)
 
 
 async def transfer_call(call: SipCall, target: str, *, transactions: TransactionLayer,
@@ -210,14 +209,14 @@ async def transfer_call(call: SipCall, target: str, *, transactions: Transaction
     While it runs `call.refer` is the Transfer, which on_notify feeds."""
     if not call.active:
         raise ReferError("the call has already ended", outcome="refused")
-    if getattr(call, "refer", None) is not None:
+    if call.refer is not None:
         raise ReferError("a transfer is already in progress", outcome="refused")
     transfer = Transfer(call.dialog, transactions, clock, metrics=metrics, auth=auth,
                         timeout=timeout)
-    call.refer = transfer  # type: ignore[attr-defined]
+    call.refer = transfer
     try:
         await transfer.run(target)
     finally:
-        call.refer = None  # type: ignore[attr-defined]
+        call.refer = None
     log.info("call %s transferred to %s", call.info.call_id, target)
     await call.close("transfer", bye=True)

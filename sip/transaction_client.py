@@ -129,6 +129,11 @@ class ClientTransaction:
         if status < 200:
             if self.state in (State.CALLING, State.TRYING):
                 self.state = State.PROCEEDING
+                if self.invite and self._timeout is not None:
+                    # RFC 3261 17.1.1.2: Timer B only runs in Calling. A ringing INVITE
+                    # waits for its final response; the caller CANCELs when it gives up.
+                    self._timeout.cancel()
+                    self._timeout = None
             if self.state is State.PROCEEDING:
                 self._notify(response)
             return
@@ -165,6 +170,11 @@ class ClientTransaction:
                 self.on_response(response)
             except Exception:
                 log.exception("response handler raised for %s", self.request.method)
+
+    def give_up(self) -> None:
+        """End an INVITE still waiting for its final response: the TU's timeout after a
+        CANCEL (RFC 3261 9.1), since Timer B no longer runs once it is Proceeding."""
+        self._timed_out()
 
     def _timed_out(self) -> None:
         self._fail(TransactionTimeout(

@@ -167,7 +167,7 @@ async def test_options_200_with_capabilities(rig: Rig) -> None:
     rig.send(msg("OPTIONS"))
     (ok,) = rig.wire.responses()
     assert ok.status == 200
-    assert ok.header("Allow") == "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO"
+    assert ok.header("Allow") == "INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, NOTIFY"
     assert ok.header("Accept") == "application/sdp" and "Supported" in ok.headers
     assert rig.sample("switchboard_sip_requests_total", method="OPTIONS") == 1
 

@@ -443,3 +443,32 @@ def test_parse_destination() -> None:
     with pytest.raises(DestinationError, match="unknown codecs"):
         Dialer(None, local_address=lambda t: ("h", 1)).prepare(  # type: ignore[arg-type]
             "sip:a@b", RecordingHandler(), codecs=("G729",))
+
+
+async def test_ringing_longer_than_timer_b_is_still_answered() -> None:
+    rig = Rig()
+    _, task = rig.start(ring_timeout=60.0)
+    await settle()
+    (invite,) = rig.requests("INVITE")
+    rig.reply(invite, 180)
+    await rig.advance(45.0)  # Timer B (32 s) must not end a ringing INVITE
+    assert not task.done()
+    rig.reply(invite, 200, body=answer_sdp())
+    call = await asyncio.wait_for(task, 1)
+    assert call.active
+    await rig.close()
+
+
+async def test_unanswered_cancel_ends_the_invite_transaction() -> None:
+    rig = Rig()
+    attempt, task = rig.start(ring_timeout=60.0)
+    await settle()
+    rig.reply(rig.requests("INVITE")[0], 180)
+    await settle()
+    attempt.cancel()
+    with pytest.raises(CallCancelled):
+        await asyncio.wait_for(task, 1)
+    assert len(rig.requests("CANCEL")) == 1
+    await rig.advance(33.0)  # no 487, no 200 to the CANCEL: given up after 64*T1
+    assert rig.endpoint.transactions.client_transactions == 0
+    await rig.close()

@@ -17,7 +17,7 @@ from sip.call import SipCall
 from sip.digest import AuthResult, Credentials, DigestServer
 from sip.message import SipRequest, SipResponse
 from sip.outbound import Dialer
-from sip.refer import ReferError, SipFrag, SipFragError, on_notify, refer_to, transfer_call
+from sip.refer import ReferError, SipFrag, SipFragError, refer_to, transfer_call
 from sip.registration import DigestClient, TrunkAccount
 from sip.server import SipServer, SipServerConfig
 from tests.helpers import free_port
@@ -28,7 +28,6 @@ from tests.sip.test_transaction import settle
 
 
 async def answered(rig: Rig) -> tuple[SipCall, SipRequest]:
-    rig.endpoint.register_method("NOTIFY", on_notify)
     _, task = rig.start()
     await settle()
     (invite,) = rig.requests("INVITE")
@@ -255,7 +254,6 @@ async def test_outbound_407_then_refer_against_real_sipp(tmp_path: Path) -> None
                        handler_factory=Rig.refuse, clock=clock,  # type: ignore[arg-type]
                        metrics=metrics, pacer=pacer)
     await server.start()
-    server.endpoint.register_method("NOTIFY", on_notify)
     trunk = TrunkAccount.parse(f"127.0.0.1:{port}", username="alice", password="s3cret")
     dialer = Dialer(server.endpoint, trunk=trunk, local_address=lambda t: (
         server.transport.local_host(t.host), server.port))
