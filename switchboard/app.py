@@ -10,11 +10,11 @@ from aiohttp import web
 
 from media.clock import Clock, MonotonicClock
 from media.pacer import Pacer
-from pipeline.echo import EchoHandler
 from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
 from sip.server import SipServer, SipServerConfig
+from switchboard.agents import Agents
 from switchboard.config import Config, SipConfig
 from switchboard.http import build_http_app
 
@@ -33,17 +33,22 @@ class Switchboard:
         self._ready = False
         self.pacer: Pacer | None = None
         self.sip: SipServer | None = None
+        self.agents = Agents(config, metrics=self.metrics, clock=self.clock)
+        self._lag_probe: asyncio.Task[None] | None = None
 
     def handler_for(self, info: CallInfo) -> CallHandler:
-        """The CallHandler that answers a call, by config.agent."""
-        if self.config.agent == "echo":
-            return EchoHandler()
-        log.warning("call %s refused with 503: agent %r is not available in this build",
-                    info.call_id, self.config.agent)
-        raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=60)
+        """The CallHandler that answers a call, by config.agent (every door uses this)."""
+        try:
+            return self.agents.make_handler(info)
+        except Exception as e:  # engines not loaded, or failed: refuse, don't crash the door
+            log.warning("call %s refused with 503: %s", info.call_id, e,
+                        extra={"call_id": info.call_id})
+            raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
 
     def readiness(self) -> dict[str, object]:
-        return {"ready": self._ready, "agent": self.config.agent}
+        state: dict[str, object] = {**self.agents.readiness(), "agent": self.config.agent}
+        state["ready"] = self._ready and bool(state.get("ready", True))
+        return state
 
     async def start(self) -> None:
         http = self.config.http
@@ -52,26 +57,41 @@ class Switchboard:
         site = web.TCPSite(self._runner, http.listen, http.port)
         await site.start()
         log.info("HTTP listening on %s:%d (/metrics, /healthz, /readyz)", http.listen, http.port)
-        self.pacer = Pacer(self.clock, on_lateness=self.metrics.pacer_lateness_seconds.observe)
+        # Models load once per process, before the first call can arrive (seconds).
+        await self.agents.start()
+        self.pacer = Pacer(self.clock, on_lateness=self.metrics.pacer_lateness_seconds.observe,
+                           on_skipped=self.metrics.pacer_skipped_ticks_total.inc)
         self.pacer.start()
         self.sip = SipServer(_sip_server_config(self.config.sip), handler_factory=self.handler_for,
                              clock=self.clock, metrics=self.metrics, pacer=self.pacer)
         await self.sip.start()
-        if self.config.agent != "echo":
-            log.warning("agent %r is not available yet: SIP calls will be refused with 503",
-                        self.config.agent)
+        self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
         self._ready = True
         self.metrics.ready.set(1)
+
+    async def _probe_loop_lag(self, period: float = 0.25) -> None:
+        """How late a periodic wake-up runs: anything blocking the loop shows up here."""
+        next_at = self.clock.now() + period
+        while True:
+            await self.clock.sleep_until(next_at)
+            now = self.clock.now()
+            self.metrics.event_loop_lag_seconds.observe(max(0.0, now - next_at))
+            next_at = max(next_at + period, now)
 
     async def stop(self) -> None:
         self._ready = False
         self.metrics.ready.set(0)
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
+            await asyncio.gather(self._lag_probe, return_exceptions=True)
+            self._lag_probe = None
         if self.sip is not None:
             await self.sip.stop()  # 503 to new calls, BYE to calls in progress
             self.sip = None
         if self.pacer is not None:
             await self.pacer.stop()
             self.pacer = None
+        await self.agents.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
