@@ -9,6 +9,7 @@ import sys
 
 from switchboard import __version__
 from switchboard.config import Config, ConfigError, load_config
+from switchboard.dial import add_call_command
 from switchboard.logs import setup_logging
 
 
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate the config and print it")
     check.add_argument("--config", "-c", help="YAML config file (or $SWITCHBOARD_CONFIG)")
     check.set_defaults(func=_cmd_check_config)
+
+    add_call_command(sub)  # `switchboard call <sip-uri> --play in.wav ...` (switchboard.dial)
     return parser
 
 

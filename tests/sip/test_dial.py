@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import wave
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from media.clock import ManualClock
 from media.outbound import OutboundAudio
 from pipeline.leg import FRAME_BYTES, PIPELINE_RATE
 from switchboard.dial import LEAD_S, CallClient, WavError, load_wav, write_wav
-from tests.helpers import switchboard
+from tests.helpers import EXE, switchboard
 
 RATE = PIPELINE_RATE
 
@@ -184,7 +183,7 @@ def test_write_wav_round_trip(tmp_path: Path) -> None:
 
 def call_cli(*args: str, timeout: float = 60.0) -> tuple[int, dict[str, object]]:
     """Run the client as a user does; its one JSON line on stdout."""
-    proc = subprocess.run([sys.executable, "-m", "switchboard.dial", "call", *args],
+    proc = subprocess.run([EXE, "call", *args],
                           capture_output=True, text=True, timeout=timeout)
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
     assert len(lines) == 1, f"stdout: {proc.stdout!r} stderr: {proc.stderr[-2000:]}"
