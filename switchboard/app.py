@@ -16,7 +16,8 @@ from sip.endpoint import CallRefused, EndpointSettings
 from sip.server import SipServer, SipServerConfig
 from switchboard.agents import Agents
 from switchboard.config import Config, SipConfig
-from switchboard.http import build_http_app
+from switchboard.dial import OutboundCalls
+from switchboard.http import add_call_routes, build_http_app
 
 log = logging.getLogger("switchboard")
 
@@ -35,6 +36,11 @@ class Switchboard:
         self.sip: SipServer | None = None
         self.agents = Agents(config, metrics=self.metrics, clock=self.clock)
         self._lag_probe: asyncio.Task[None] | None = None
+        # Calling out: trunk registration and POST /calls (switchboard.dial).
+        self.outbound = OutboundCalls(config.sip, handler_for=self.handler_for,
+                                      default_agent=config.agent, clock=self.clock,
+                                      metrics=self.metrics)
+        add_call_routes(self.http_app, self.outbound)
 
     def handler_for(self, info: CallInfo) -> CallHandler:
         """The CallHandler that answers a call, by config.agent (every door uses this)."""
@@ -46,7 +52,8 @@ class Switchboard:
             raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
 
     def readiness(self) -> dict[str, object]:
-        state: dict[str, object] = {**self.agents.readiness(), "agent": self.config.agent}
+        state: dict[str, object] = {**self.agents.readiness(), "agent": self.config.agent,
+                                    **self.outbound.readiness()}
         state["ready"] = self._ready and bool(state.get("ready", True))
         return state
 
@@ -65,6 +72,7 @@ class Switchboard:
         self.sip = SipServer(_sip_server_config(self.config.sip), handler_factory=self.handler_for,
                              clock=self.clock, metrics=self.metrics, pacer=self.pacer)
         await self.sip.start()
+        await self.outbound.start(self.sip)
         self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
         self._ready = True
         self.metrics.ready.set(1)
@@ -86,6 +94,7 @@ class Switchboard:
             await asyncio.gather(self._lag_probe, return_exceptions=True)
             self._lag_probe = None
         if self.sip is not None:
+            await self.outbound.stop()  # unregister and CANCEL while the socket is open
             await self.sip.stop()  # 503 to new calls, BYE to calls in progress
             self.sip = None
         if self.pacer is not None:

@@ -15,6 +15,9 @@ reply_latency_s (end of our speech -> first reply audio after it), first_reply_s
 of our speech -> first audio back), reply_end_lag_s (end of our speech -> end of the last
 reply audio; the echo delay for an echo agent), and the RTP packet counts, loss and
 jitter. The exit status is 0 for an answered call, 1 for a failed one.
+
+OutboundCalls is the same dialing on the server side: `switchboard serve` registers with
+the configured trunk and places the calls asked for over HTTP (POST /calls).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import json
 import logging
 import sys
 import wave
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,14 +37,21 @@ from media.clock import Clock, MonotonicClock
 from media.pacer import Pacer
 from media.resample import FrameChunker, StreamResampler
 from media.vad import rms_dbfs
-from pipeline.leg import FRAME_BYTES, FRAME_MS, PIPELINE_RATE, CallInfo, CallLeg
+from pipeline.echo import EchoHandler
+from pipeline.leg import FRAME_BYTES, FRAME_MS, PIPELINE_RATE, CallHandler, CallInfo, CallLeg
 from pipeline.metrics import Metrics
+from sip.call import SipCall
 from sip.endpoint import CallRefused, EndpointSettings
-from sip.outbound import Dialer, DialError, parse_destination
-from sip.registration import TrunkAccount
+from sip.outbound import DestinationError, Dialer, DialError, OutboundCall, parse_destination
+from sip.refer import ReferError
+from sip.registration import Registration, TrunkAccount
 from sip.server import SipServer, SipServerConfig
+from sip.transport import Target
+from switchboard.config import SipConfig, TrunkConfig
+from switchboard.http import ApiError
 
-__all__ = ["CallClient", "DialOptions", "add_call_command", "load_wav", "place_call"]
+__all__ = ["CallClient", "DialOptions", "OutboundCalls", "add_call_command", "load_wav",
+           "place_call"]
 
 log = logging.getLogger("switchboard.dial")
 FRAME_S = FRAME_MS / 1000
@@ -280,6 +292,124 @@ async def place_call(opts: DialOptions, clock: Clock | None = None) -> dict[str,
     finally:
         await server.stop()
         await pacer.stop()
+
+
+# -- the server side: dialing out from `switchboard serve` -----------------------------------
+
+
+class OutboundCalls:
+    """What `switchboard serve` needs to call out: the trunk registration, the Dialer, and
+    the /calls API (switchboard.http.CallsApi). start(sip) once the SIP server runs;
+    stop() before it stops (the unregister and the CANCELs still go out)."""
+
+    def __init__(self, config: SipConfig, *, handler_for: Callable[[CallInfo], CallHandler],
+                 default_agent: str, clock: Clock, metrics: Metrics, keep: int = 1000) -> None:
+        self.config = config
+        self.handler_for = handler_for
+        self.default_agent = default_agent
+        self.clock = clock
+        self.metrics = metrics
+        self.keep = keep
+        self.trunk = _trunk_account(config.trunk) if config.trunk is not None else None
+        self.dialer: Dialer | None = None
+        self.registration: Registration | None = None
+        self.attempts: OrderedDict[str, OutboundCall] = OrderedDict()  # recent, for GET
+
+    async def start(self, sip: SipServer) -> None:
+        transport = sip.transport
+
+        def local_address(target: Target) -> tuple[str, int]:
+            return transport.local_host(target.host), transport.port
+
+        self.dialer = Dialer(sip.endpoint, trunk=self.trunk, local_address=local_address)
+        trunk = self.config.trunk
+        if self.trunk is not None and trunk is not None and trunk.registration:
+            self.registration = Registration(
+                self.trunk, transactions=sip.endpoint.transactions, local_address=local_address,
+                clock=self.clock, metrics=self.metrics, user_agent=self.config.user_agent)
+            self.registration.start()
+
+    async def stop(self) -> None:
+        if self.registration is not None:
+            await self.registration.stop()  # REGISTER with Expires: 0
+        if self.dialer is not None:
+            await self.dialer.close()  # CANCEL what still rings
+
+    def readiness(self) -> dict[str, object]:
+        if self.registration is None:
+            return {}
+        return {"trunk_registration": self.registration.state.value}
+
+    def _handler(self, info: CallInfo, agent: str | None) -> CallHandler:
+        if agent is not None and agent not in ("echo", "conversation"):
+            raise ApiError(400, f"unknown agent {agent!r}; use 'echo' or 'conversation'")
+        if agent == "echo" and self.default_agent != "echo":
+            return EchoHandler()
+        if agent not in (None, self.default_agent):
+            raise ApiError(400, f"agent {agent!r} is not loaded in this process "
+                                f"(it runs {self.default_agent!r})")
+        try:
+            return self.handler_for(info)
+        except CallRefused as e:
+            raise ApiError(503, f"the agent cannot take a call now: {e.reason}") from None
+
+    async def place_call(self, to: str, agent: str | None) -> dict[str, object]:
+        dialer = self.dialer
+        if dialer is None:
+            raise ApiError(503, "SIP is not running")
+        try:
+            attempt = dialer.prepare(to)
+        except DestinationError as e:
+            raise ApiError(400, str(e)) from None
+        ep = dialer.endpoint
+        if ep.load + len(dialer.pending) >= ep.settings.max_calls or not ep.accepting:
+            raise ApiError(503, f"at the call limit ({ep.settings.max_calls} calls)"
+                           if ep.accepting else "shutting down")
+        attempt.handler = self._handler(attempt.info, agent)
+        self.attempts[attempt.call_id] = attempt
+        while len(self.attempts) > self.keep:
+            self.attempts.popitem(last=False)
+        dialer.start(attempt)
+        return {"call_id": attempt.call_id, "to": str(attempt.dest.uri), "state": "calling"}
+
+    def call_status(self, call_id: str) -> dict[str, object]:
+        attempt = self.attempts.get(call_id)
+        if attempt is None:
+            raise ApiError(404, f"no outbound call {call_id!r}")
+        call = attempt.call
+        return {
+            "call_id": call_id, "to": str(attempt.dest.uri),
+            "state": "ended" if call is not None and not call.active else attempt.state,
+            "status": attempt.status, "error": str(attempt.error) if attempt.error else None,
+            "setup_time_s": round(attempt.setup_time, 3) if attempt.setup_time else None,
+            "end_reason": call.reason if call is not None else None,
+        }
+
+    async def transfer_call(self, call_id: str, target: str) -> dict[str, object]:
+        call = self._find(call_id)
+        if not call.active:
+            raise ApiError(409, f"call {call_id!r} has already ended ({call.reason})")
+        try:
+            await call.transfer(target)
+        except ReferError as e:
+            raise ApiError(502, str(e), sip_status=e.status) from None
+        return {"call_id": call_id, "transferred_to": target}
+
+    def _find(self, call_id: str) -> SipCall:
+        attempt = self.attempts.get(call_id)
+        if attempt is not None and attempt.call is not None:
+            return attempt.call
+        if self.dialer is not None:  # an inbound call can be transferred too
+            for call in self.dialer.endpoint.calls.values():
+                if call.info.call_id == call_id:
+                    return call
+        raise ApiError(404, f"no answered call {call_id!r}")
+
+
+def _trunk_account(trunk: TrunkConfig) -> TrunkAccount:
+    return TrunkAccount.parse(trunk.registrar, username=trunk.username, password=trunk.password,
+                              realm=trunk.realm, domain=trunk.domain, expires=trunk.expires,
+                              transport=trunk.transport)
 
 
 def add_call_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
