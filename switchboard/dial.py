@@ -340,14 +340,16 @@ class OutboundCalls:
             return {}
         return {"trunk_registration": self.registration.state.value}
 
-    def _handler(self, info: CallInfo, agent: str | None) -> CallHandler:
+    def _check_agent(self, agent: str | None) -> None:
         if agent is not None and agent not in ("echo", "conversation"):
             raise ApiError(400, f"unknown agent {agent!r}; use 'echo' or 'conversation'")
-        if agent == "echo" and self.default_agent != "echo":
-            return EchoHandler()
-        if agent not in (None, self.default_agent):
+        if agent not in (None, "echo", self.default_agent):
             raise ApiError(400, f"agent {agent!r} is not loaded in this process "
                                 f"(it runs {self.default_agent!r})")
+
+    def _handler(self, info: CallInfo, agent: str | None) -> CallHandler:
+        if agent == "echo" and self.default_agent != "echo":
+            return EchoHandler()
         try:
             return self.handler_for(info)
         except CallRefused as e:
@@ -361,6 +363,7 @@ class OutboundCalls:
             attempt = dialer.prepare(to)
         except DestinationError as e:
             raise ApiError(400, str(e)) from None
+        self._check_agent(agent)  # bad input is a 400 even at the call limit
         ep = dialer.endpoint
         if ep.load + len(dialer.pending) >= ep.settings.max_calls or not ep.accepting:
             raise ApiError(503, f"at the call limit ({ep.settings.max_calls} calls)"

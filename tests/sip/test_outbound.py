@@ -4,6 +4,8 @@ ManualClock; the far end is played by the test from the requests it sees."""
 from __future__ import annotations
 
 import asyncio
+import time
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -29,6 +31,7 @@ from sip.registration import TrunkAccount
 from sip.rtp_session import MediaParams
 from sip.sdp import SessionDescription
 from sip.transport import Source, Target
+from tests.helpers import switchboard
 from tests.sip.test_call import RecordingHandler
 from tests.sip.test_transaction import FakeSender, settle
 
@@ -472,3 +475,43 @@ async def test_unanswered_cancel_ends_the_invite_transaction() -> None:
     await rig.advance(33.0)  # no 487, no 200 to the CANCEL: given up after 64*T1
     assert rig.endpoint.transactions.client_transactions == 0
     await rig.close()
+
+
+# -- through a real `switchboard serve` --------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_post_calls_between_two_real_servers_and_input_errors(tmp_path: Path) -> None:
+    from tests.sip.test_refer import http
+
+    other = {"SWITCHBOARD_SIP__RTP_PORT_MIN": "32000", "SWITCHBOARD_SIP__RTP_PORT_MAX": "32998"}
+    with switchboard(tmp_path, "--agent", "echo", env={"SWITCHBOARD_SIP__MAX_CALLS": "1"}) as a, \
+            switchboard(tmp_path, "--agent", "echo", env=other) as b:
+        code, placed = http(a, "POST", "/calls", {"to": f"sip:echo@127.0.0.1:{b.sip_port}",
+                                                  "agent": "echo"})
+        assert code == 202, placed
+        status: dict[str, object] = {}
+        for _ in range(50):
+            _, status = http(a, "GET", f"/calls/{placed['call_id']}")
+            if status["state"] == "answered":
+                break
+            time.sleep(0.1)
+        assert status["state"] == "answered" and status["status"] == 200
+        time.sleep(1.0)  # both echo agents send and receive RTP
+        received = [line for line in b.metrics().splitlines()
+                    if line.startswith("switchboard_rtp_packets_received_total ")]
+        assert received and float(received[0].split()[1]) > 10
+        # One call is the limit: the next is refused before anything is sent.
+        code, busy = http(a, "POST", "/calls", {"to": f"sip:echo@127.0.0.1:{b.sip_port}"})
+        assert code == 503 and "call limit" in str(busy["error"])
+        bad = [({"to": 5}, "'to' must be a non-empty string"),
+               ({"to": "+15551234"}, "no sip.trunk configured"),
+               ({"to": "sip:a@b", "from": "x"}, "unknown fields ['from']"),
+               ({"to": "sip:a@b", "agent": "llama"}, "unknown agent 'llama'"),
+               ({"to": "sip:a@b", "agent": "conversation"}, "not loaded in this process"),
+               ({}, "'to' must be a non-empty string")]
+        for body, message in bad:
+            code, error = http(a, "POST", "/calls", body)
+            assert code == 400 and message in str(error["error"]), (body, error)
+        assert http(a, "GET", "/calls/unknown")[0] == 404
+        assert http(a, "POST", "/calls/unknown/transfer", {"target": "sip:x@y"})[0] == 404

@@ -4,7 +4,11 @@ transaction layer and endpoint, NOTIFYs delivered as the far end would send them
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ from sip.outbound import Dialer
 from sip.refer import ReferError, SipFrag, SipFragError, refer_to, transfer_call
 from sip.registration import DigestClient, TrunkAccount
 from sip.server import SipServer, SipServerConfig
-from tests.helpers import free_port
+from tests.helpers import Server, free_port, switchboard
 from tests.sip.test_call import RecordingHandler
 from tests.sip.test_outbound import BOB, Rig, answer_sdp
 from tests.sip.test_registration import sipp_result, start_sipp
@@ -277,3 +281,55 @@ async def test_outbound_407_then_refer_against_real_sipp(tmp_path: Path) -> None
     assert sipp_result(sipp, tmp_path) == 0
     assert metrics.registry.get_sample_value("switchboard_sip_transfers_total",
                                              {"outcome": "ok"}) == 1
+
+
+def http(server: Server, method: str, path: str, body: object | None = None
+         ) -> tuple[int, dict[str, object]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data,
+                                     method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=40) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.slow
+def test_switchboard_serve_calls_out_through_the_trunk_and_transfers(tmp_path: Path) -> None:
+    port, rtp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    sipp = start_sipp("uas_auth_refer.xml", port, tmp_path, "-rtp_echo", "-mp", str(rtp),
+                      "-mi", "127.0.0.1")
+    env = {"SWITCHBOARD_SIP__TRUNK__REGISTRAR": f"127.0.0.1:{port}",
+           "SWITCHBOARD_SIP__TRUNK__USERNAME": "alice",
+           "SWITCHBOARD_SIP__TRUNK__PASSWORD": "s3cret",
+           "SWITCHBOARD_SIP__TRUNK__REGISTRATION": "false"}
+    try:
+        with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+            code, placed = http(server, "POST", "/calls", {"to": "+15551234"})
+            assert code == 202 and placed["state"] == "calling", placed
+            call_id = placed["call_id"]
+            status: dict[str, object] = {}
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                _, status = http(server, "GET", f"/calls/{call_id}")
+                if status["state"] not in ("calling", "ringing"):
+                    break
+                time.sleep(0.1)
+            assert status["state"] == "answered" and status["status"] == 200, server.log()
+            assert 0 < status["setup_time_s"] < 5  # type: ignore[operator]
+            time.sleep(0.5)  # the echo agent and SIPp's RTP echo talk for a moment
+            code, done = http(server, "POST", f"/calls/{call_id}/transfer",
+                              {"target": "sip:carol@127.0.0.1"})
+            assert code == 200 and done["transferred_to"] == "sip:carol@127.0.0.1", done
+            _, status = http(server, "GET", f"/calls/{call_id}")
+            assert status["state"] == "ended" and status["end_reason"] == "transfer"
+            code, again = http(server, "POST", f"/calls/{call_id}/transfer", {"target": "1"})
+            assert code == 409 and "already ended" in str(again["error"])
+            metrics = server.metrics()
+            assert 'switchboard_sip_outbound_calls_total{outcome="answered"} 1.0' in metrics
+            assert 'switchboard_sip_transfers_total{outcome="ok"} 1.0' in metrics
+            assert 'switchboard_calls_total{outcome="transfer",transport="sip"} 1.0' in metrics
+    finally:
+        code = sipp_result(sipp, tmp_path)
+    assert code == 0

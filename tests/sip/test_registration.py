@@ -8,6 +8,7 @@ import random
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from sip.registration import (
 from sip.transaction import TransactionLayer
 from sip.transport import SipTransport, Source
 from sip.uri import Uri
-from tests.helpers import free_port
+from tests.helpers import free_port, switchboard
 from tests.sip.test_transaction import FakeSender, settle
 
 REGISTRAR = Source("udp", ("192.0.2.50", 5060), ("192.0.2.10", 5060))
@@ -416,3 +417,28 @@ async def test_register_refresh_unregister_with_real_sipp(tmp_path: Path) -> Non
     assert sipp_result(sipp, tmp_path) == 0
     assert metrics.registry.get_sample_value("switchboard_sip_registrations_total",
                                              {"outcome": "ok"}) == 2  # + the unregister
+
+
+@pytest.mark.slow
+def test_switchboard_serve_registers_refreshes_and_unregisters(tmp_path: Path) -> None:
+    port = free_port(socket.SOCK_DGRAM)
+    sipp = start_sipp("registrar_auth.xml", port, tmp_path, "-set", "user", "alice",
+                      "-set", "password", "s3cret")
+    env = {"SWITCHBOARD_SIP__TRUNK__REGISTRAR": f"127.0.0.1:{port}",
+           "SWITCHBOARD_SIP__TRUNK__USERNAME": "alice",
+           "SWITCHBOARD_SIP__TRUNK__PASSWORD": "s3cret"}
+    try:
+        with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+            ok = 'switchboard_sip_registrations_total{outcome="ok"} 2.0'
+            deadline = time.monotonic() + 15
+            while ok not in server.metrics() and time.monotonic() < deadline:
+                time.sleep(0.2)  # the registrar granted 4 s: the refresh comes within ~3 s
+            assert ok in server.metrics(), server.log()
+            assert "switchboard_sip_registered 1.0" in server.metrics()
+            assert server.http_json("/readyz")["trunk_registration"] == "registered"  # type: ignore[index]
+            server.proc.terminate()  # the unregister goes out at shutdown
+            assert server.proc.wait(timeout=20) == 0, server.log()
+        assert "unregistered sip:alice@127.0.0.1" in server.log()
+    finally:
+        code = sipp_result(sipp, tmp_path)
+    assert code == 0
