@@ -15,9 +15,16 @@ from collections import deque
 
 from media.resample import FrameChunker, StreamResampler
 
-__all__ = ["FRAME_MS", "OutboundAudio"]
+__all__ = ["FRAME_MS", "STEADY_RATES", "OutboundAudio"]
 
 FRAME_MS = 20
+# Producers at the pipeline's rates (the echo agent, `switchboard call`, 8 kHz prompts)
+# may push 20 ms at a time with no mark for a long while, so they keep the steady
+# resampler. TTS voices (22050, 24000 Hz) push whole sentences and close each piece of an
+# answer with a mark, which drains the filter: they get soxr's block engine, 3-6 µs per
+# frame instead of 16-30, whose burstiness (up to ~80 ms held back until the next push
+# or mark) costs them nothing. See media.resample.
+STEADY_RATES = frozenset({8000, 16000})
 
 
 class OutboundAudio:
@@ -66,7 +73,9 @@ class OutboundAudio:
         if pcm:
             resampler = self._resamplers.get(rate)
             if resampler is None:
-                resampler = self._resamplers[rate] = StreamResampler(rate, self.wire_rate)
+                resampler = self._resamplers[rate] = StreamResampler(
+                    rate, self.wire_rate, steady=rate in STEADY_RATES
+                )
             self._append_frames(resampler.process(pcm))
         if mark is not None:
             self.flush()

@@ -5,22 +5,28 @@ pipeline's 16 kHz, outbound once from the TTS rate straight to the door's rate. 
 filter state must survive between 20 ms frames, or every frame edge clicks, so each
 direction of each call owns one StreamResampler for as long as the stream runs.
 
-Engine choice. soxr's default engine filters in large FFT blocks: cheap (~5 µs per
-frame on average) but it releases output in bursts, holding back up to ~115 ms at
-8 -> 16 kHz (HQ; MQ is the same, LQ ~60 ms with a drooping passband) -- a real-time
-consumer pulling one frame every 20 ms would have to wait for the worst case. soxr's
-variable-rate engine (vr=True, used here at a fixed ratio) is a time-domain polyphase
-filter: after a first short frame it returns exactly one frame per frame, with a
-constant lag of 15-30 ms (30 ms at 8 -> 16 kHz, 15 ms at 16 -> 8 kHz, ~27 ms from
-22.05 kHz to 8 kHz), a flat passband to 0.9 of Nyquist (3.6 kHz at 8 kHz), ~85 dB
-alias rejection and a noise floor at int16 quantisation, for 8-60 µs per frame. The
-quality presets make no difference to that engine; HQ is asked for so the fallback
-(soxr releases without `vr`) gets the right filter.
+Engine choice. soxr has two, picked by the `steady` flag:
+
+- steady=True (the default: inbound streams and real-time producers that push 20 ms at a
+  time without marks): soxr's variable-rate engine (vr=True, used at a fixed ratio), a
+  time-domain polyphase filter that returns exactly one frame per frame after a first
+  short frame, with a constant lag of 15-30 ms (30 ms at 8 -> 16 kHz, 15 ms at 16 -> 8
+  kHz, ~27 ms from 22.05 kHz to 8 kHz), a flat passband to 0.9 of Nyquist, ~85 dB alias
+  rejection and a noise floor at int16 quantisation, for 8-30 µs per frame.
+- steady=False (producers that push whole utterances and call flush() at their end,
+  i.e. TTS behind OutboundAudio's marks): soxr's default engine, which filters in large
+  FFT blocks: 3-6 µs per 20 ms frame from 22.05 kHz against 16-30 with vr, but it
+  releases output in bursts and holds back up to ~80 ms (22.05 -> 8 kHz; ~115 ms at
+  2:1) until more input comes or flush() drains it. A push of 100 ms or more comes out
+  at once but for that tail, so the start of an utterance is not delayed.
+
+The quality presets make no difference to the vr engine; HQ is asked for so the block
+engine (and soxr releases without `vr`) get the right filter.
 
 Samples go through soxr as float32, not int16: for int16 output libsoxr adds TPDF
 dither seeded from time(0) and its own address, so the same input would give outputs
 differing by a couple of LSB from run to run. Rounding ourselves keeps every run
-bit-identical (tests, benchmarks, recorded fixtures) for ~5 µs per frame.
+bit-identical (tests, benchmarks, recorded fixtures) for ~2 µs per frame.
 """
 
 from __future__ import annotations
@@ -33,8 +39,12 @@ import soxr
 RATES = (8000, 16000, 22050, 24000, 48000)  # the rates we meet; soxr takes any
 _QUALITY = "HQ"
 # soxr releases before `vr` existed get the block engine (more lag, same quality).
-_ENGINE = {"vr": True} if "vr" in inspect.signature(soxr.ResampleStream).parameters else {}
+_STEADY = {"vr": True} if "vr" in inspect.signature(soxr.ResampleStream).parameters else {}
 _EMPTY = np.zeros(0, dtype=np.float32)
+# Clip bounds as 0-d arrays of the sample type: ufuncs take them ~2x faster than Python
+# ints (no scalar conversion per call), and np.clip's wrapper costs more than the work.
+_LO = np.array(-32768, dtype=np.float32)
+_HI = np.array(32767, dtype=np.float32)
 
 
 class ResampleError(ValueError):
@@ -50,28 +60,33 @@ def _to_pcm(samples: np.ndarray) -> bytes:
     """Round to nearest and saturate: filter overshoot on full-scale input must clip,
     never wrap around to the opposite sign."""
     np.rint(samples, out=samples)
-    np.clip(samples, -32768, 32767, out=samples)
+    np.minimum(samples, _HI, out=samples)
+    np.maximum(samples, _LO, out=samples)
     return samples.astype(np.int16).tobytes()
 
 
 class StreamResampler:
     """int16 mono PCM at `in_rate` -> `out_rate`, chunk by chunk, filter state kept.
 
-    Output lengths per call vary by a sample or so and the first call returns less than
-    a full frame (the filter's lag); the running total tracks in_len * out / in. Feed
-    the output through a FrameChunker to get exact frames.
+    With `steady` (the default) output lengths per call vary by a sample or so and the
+    first call returns less than a full frame (the filter's lag); without it output
+    comes in bursts (see the module notes). Either way the running total tracks
+    in_len * out / in and flush() returns the rest. Feed the output through a
+    FrameChunker to get exact frames.
     """
 
-    def __init__(self, in_rate: int, out_rate: int) -> None:
+    def __init__(self, in_rate: int, out_rate: int, *, steady: bool = True) -> None:
         _check_rate("input rate", in_rate)
         _check_rate("output rate", out_rate)
         self.in_rate = in_rate
         self.out_rate = out_rate
+        self.steady = steady
         self._stream = self._new_stream() if in_rate != out_rate else None
 
     def _new_stream(self) -> soxr.ResampleStream:
+        engine = _STEADY if self.steady else {}
         return soxr.ResampleStream(
-            self.in_rate, self.out_rate, 1, dtype="float32", quality=_QUALITY, **_ENGINE
+            self.in_rate, self.out_rate, 1, dtype="float32", quality=_QUALITY, **engine
         )
 
     @property
@@ -105,7 +120,8 @@ class StreamResampler:
             self._stream = self._new_stream()
 
     def __repr__(self) -> str:
-        return f"StreamResampler({self.in_rate} -> {self.out_rate})"
+        bursty = "" if self.steady else ", steady=False"
+        return f"StreamResampler({self.in_rate} -> {self.out_rate}{bursty})"
 
 
 class FrameChunker:

@@ -101,10 +101,7 @@ def test_clear_resets_the_resampler() -> None:
     out.push(pcm, 22050, mark="x")
     fresh.push(pcm, 22050, mark="x")
     got, want = drain(out), drain(fresh)
-    assert [m for _, m in got] == [m for _, m in want]
-    a = np.frombuffer(b"".join(f for f, _ in got if f), dtype="<i2").astype(int)
-    b = np.frombuffer(b"".join(f for f, _ in want if f), dtype="<i2").astype(int)
-    assert len(a) == len(b) and np.abs(a - b).max() <= 4  # soxr dither: an LSB or two
+    assert got == want  # no dither: the same input gives the same bytes
 
 
 def test_queued_seconds_counts_frames_and_partial() -> None:
@@ -119,7 +116,7 @@ def test_queued_seconds_counts_frames_and_partial() -> None:
 
 def test_resamples_once_and_keeps_state_across_pushes() -> None:
     pcm = tone(22050, 0.5)
-    whole = StreamResampler(22050, 8000)
+    whole = StreamResampler(22050, 8000, steady=False)  # the engine TTS rates get
     expected = np.frombuffer(whole.process(pcm) + whole.flush(), dtype="<i2").astype(int)
 
     out = OutboundAudio(8000)
@@ -131,12 +128,37 @@ def test_resamples_once_and_keeps_state_across_pushes() -> None:
     joined = b"".join(f for f, _ in frames if f is not None)
     assert frames[-1][1] == ["done"]
     got = np.frombuffer(joined, dtype="<i2").astype(int)
-    # One resampler over the whole utterance, then silence padding to the frame. soxr
-    # dithers its int16 output (run to run it differs by an LSB or two), so compare
-    # within rounding; a filter restarted per chunk would be off by thousands.
+    # One resampler over the whole utterance, then silence padding to the frame; the
+    # mark drained everything pushed before it. Compared within rounding; a filter
+    # restarted per chunk would be off by thousands.
     assert len(expected) <= len(got) < len(expected) + 160
     assert np.abs(got[: len(expected)] - expected).max() <= 4
     assert not got[len(expected) :].any()
+
+
+@pytest.mark.parametrize(("rate", "wire"), [(22050, 8000), (22050, 16000), (24000, 8000)])
+def test_a_tts_sentence_starts_playing_at_once(rate: int, wire: int) -> None:
+    """TTS rates get the bursty block engine: a sentence-sized push must still come out
+    at once but for a short tail, and its mark must release that tail."""
+    out = OutboundAudio(wire)
+    out.push(tone(rate, 1.0), rate)
+    assert out.queued_seconds() >= 0.9  # at most 100 ms held back in the filter
+    out.push(tone(rate, 0.02), rate, mark="end")
+    assert out.queued_frames == 51  # 1.02 s, the partial last frame padded
+    assert [m for _, m in drain(out)][-1] == ["end"]
+
+
+@pytest.mark.parametrize("wire", [8000, 16000])
+def test_real_time_producers_get_one_frame_per_push(wire: int) -> None:
+    """The echo agent and `switchboard call` push 20 ms at 16 kHz with no marks: after
+    the filter's start every push yields a frame (no burst that holds audio back)."""
+    out = OutboundAudio(wire)
+    pcm = tone(16000, 1.0)
+    got = []
+    for i in range(0, len(pcm), 640):
+        out.push(pcm[i : i + 640], 16000)
+        got.append(out.pop()[0] is not None)
+    assert all(got[2:])
 
 
 def test_resampled_tone_keeps_its_frequency() -> None:

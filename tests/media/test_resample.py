@@ -48,22 +48,32 @@ def fit_tone(y: np.ndarray, rate: int, start: int, stop: int) -> tuple[float, fl
     return float(np.hypot(a, b)), float(-np.arctan2(b, a) / w), y - basis @ [a, b]
 
 
+STEADY = pytest.mark.parametrize("steady", [True, False], ids=["steady", "block"])
+
+
+@STEADY
 @pytest.mark.parametrize(("in_rate", "out_rate"), PAIRS, ids=PAIR_IDS)
-def test_20ms_chunks_equal_one_go(in_rate: int, out_rate: int) -> None:
+def test_20ms_chunks_equal_one_go(in_rate: int, out_rate: int, steady: bool) -> None:
     x = tone(in_rate, 1.0)
-    whole = chunked(StreamResampler(in_rate, out_rate), [x])
-    framed = chunked(StreamResampler(in_rate, out_rate), in_chunks(x, frame_bytes(in_rate)))
+    whole = chunked(StreamResampler(in_rate, out_rate, steady=steady), [x])
+    framed = chunked(
+        StreamResampler(in_rate, out_rate, steady=steady), in_chunks(x, frame_bytes(in_rate))
+    )
     assert framed == whole
 
 
+@STEADY
 @pytest.mark.parametrize(("in_rate", "out_rate"), PAIRS, ids=PAIR_IDS)
-def test_chunked_output_is_the_ideal_tone_with_no_clicks(in_rate: int, out_rate: int) -> None:
+def test_chunked_output_is_the_ideal_tone_with_no_clicks(
+    in_rate: int, out_rate: int, steady: bool
+) -> None:
     """Resampled in 20 ms chunks, a 1 kHz tone is the same tone sampled at the output
     rate: a constant lag under 2.5 samples and only quantisation noise everywhere,
     frame edges included. A click or a lost/duplicated sample at any chunk boundary
     would leave a residual of thousands."""
     x = tone(in_rate, 1.0)
-    y = values(chunked(StreamResampler(in_rate, out_rate), in_chunks(x, frame_bytes(in_rate))))
+    r = StreamResampler(in_rate, out_rate, steady=steady)
+    y = values(chunked(r, in_chunks(x, frame_bytes(in_rate))))
     edge = out_rate // 20  # skip 50 ms at each end, where the filter starts and stops
     amplitude, lag, residual = fit_tone(y, out_rate, edge, len(y) - edge)
     assert amplitude == pytest.approx(AMPLITUDE, rel=0.002)
@@ -118,11 +128,12 @@ def test_long_run_length_and_steady_frames(in_rate: int, out_rate: int) -> None:
     assert abs(total - len(x) // 2 * out_rate / in_rate) <= 2
 
 
+@STEADY
 @pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (22050, 8000), (48000, 16000)])
-def test_irregular_chunks_long_run_length(in_rate: int, out_rate: int) -> None:
+def test_irregular_chunks_long_run_length(in_rate: int, out_rate: int, steady: bool) -> None:
     rng = np.random.default_rng(7)
     x = tone(in_rate, 5.0, hz=440)
-    r = StreamResampler(in_rate, out_rate)
+    r = StreamResampler(in_rate, out_rate, steady=steady)
     total, pos = 0, 0
     while pos < len(x):
         size = int(rng.integers(1, 2000)) * 2
@@ -132,26 +143,31 @@ def test_irregular_chunks_long_run_length(in_rate: int, out_rate: int) -> None:
     assert abs(total - len(x) // 2 * out_rate / in_rate) <= 2
 
 
+@STEADY
 @pytest.mark.parametrize(
     ("in_rate", "out_rate", "hz", "max_db"),
     [
         (16000, 8000, 5000, -60),  # would alias to 3 kHz
         (48000, 16000, 10000, -60),  # would alias to 6 kHz
         (22050, 8000, 6000, -60),  # would alias to 2 kHz
+        (22050, 16000, 12000, -60),  # would alias to 4 kHz
     ],
 )
 def test_downsampling_removes_what_would_alias(
-    in_rate: int, out_rate: int, hz: int, max_db: float
+    in_rate: int, out_rate: int, hz: int, max_db: float, steady: bool
 ) -> None:
-    y = values(chunked(StreamResampler(in_rate, out_rate), [tone(in_rate, 1.0, hz=hz)]))
+    r = StreamResampler(in_rate, out_rate, steady=steady)
+    y = values(chunked(r, [tone(in_rate, 1.0, hz=hz)]))
     rms = np.sqrt(np.mean(y[out_rate // 10 : -out_rate // 10] ** 2))
     assert 20 * np.log10(rms / (AMPLITUDE / np.sqrt(2)) + 1e-9) < max_db
 
 
+@STEADY
 @pytest.mark.parametrize(("in_rate", "out_rate"), [(8000, 16000), (16000, 8000), (22050, 8000)])
-def test_telephone_band_passes_flat(in_rate: int, out_rate: int) -> None:
+def test_telephone_band_passes_flat(in_rate: int, out_rate: int, steady: bool) -> None:
     for hz in (300, 1000, 3400):
-        y = values(chunked(StreamResampler(in_rate, out_rate), [tone(in_rate, 1.0, hz=hz)]))
+        r = StreamResampler(in_rate, out_rate, steady=steady)
+        y = values(chunked(r, [tone(in_rate, 1.0, hz=hz)]))
         rms = np.sqrt(np.mean(y[out_rate // 10 : -out_rate // 10] ** 2))
         assert rms == pytest.approx(AMPLITUDE / np.sqrt(2), rel=0.02)  # within 0.2 dB
 
@@ -225,6 +241,22 @@ def test_bad_rates_rejected(rate: object) -> None:
 
 def test_repr_names_the_rates() -> None:
     assert repr(StreamResampler(22050, 8000)) == "StreamResampler(22050 -> 8000)"
+    assert (
+        repr(StreamResampler(22050, 8000, steady=False))
+        == "StreamResampler(22050 -> 8000, steady=False)"
+    )
+
+
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(22050, 8000), (22050, 16000), (16000, 8000)])
+def test_block_engine_bursts_but_flush_returns_everything(in_rate: int, out_rate: int) -> None:
+    """steady=False holds output back between pushes (that is what makes it cheap), but
+    never loses it: flush() gives the total exactly, like the steady engine."""
+    x = tone(in_rate, 1.0)
+    r = StreamResampler(in_rate, out_rate, steady=False)
+    counts = [len(r.process(c)) // 2 for c in in_chunks(x, frame_bytes(in_rate))]
+    assert counts[0] == 0 and max(counts) > out_rate // 50  # bursts of several frames
+    total = sum(counts) + len(r.flush()) // 2
+    assert abs(total - out_rate) <= 2
 
 
 # --- FrameChunker ---------------------------------------------------------------
