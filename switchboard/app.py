@@ -14,6 +14,7 @@ from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
 from sip.server import SipServer, SipServerConfig
+from streams import StreamDoors
 from switchboard.agents import Agents
 from switchboard.config import Config, SipConfig
 from switchboard.dial import OutboundCalls
@@ -41,6 +42,11 @@ class Switchboard:
                                       default_agent=config.agent, clock=self.clock,
                                       metrics=self.metrics)
         add_call_routes(self.http_app, self.outbound)
+        # Media-stream doors (streams/): Twilio and FreeSWITCH routes on this HTTP app;
+        # the AudioSocket server starts, and calls are taken, once the pacer runs.
+        self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,
+                                   metrics=self.metrics, clock=self.clock)
+        self.streams.add_routes(self.http_app)
 
     def handler_for(self, info: CallInfo) -> CallHandler:
         """The CallHandler that answers a call, by config.agent (every door uses this)."""
@@ -73,6 +79,7 @@ class Switchboard:
                              clock=self.clock, metrics=self.metrics, pacer=self.pacer)
         await self.sip.start()
         await self.outbound.start(self.sip)
+        await self.streams.start(self.pacer)  # stream doors share the SIP side's pacer
         self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
         self._ready = True
         self.metrics.ready.set(1)
@@ -97,6 +104,7 @@ class Switchboard:
             await self.outbound.stop()  # unregister and CANCEL while the socket is open
             await self.sip.stop()  # 503 to new calls, BYE to calls in progress
             self.sip = None
+        await self.streams.stop()  # refuse new streams, close live ones, stop AudioSocket
         if self.pacer is not None:
             await self.pacer.stop()
             self.pacer = None
