@@ -190,6 +190,8 @@ class SipCall:
 
     def _dtmf(self, digit: str) -> None:
         if self.reason is None and self._started:
+            log.info("call %s: DTMF %s (RFC 4733)", self.info.call_id, digit,
+                     extra={"call_id": self.info.call_id})
             self.handler.on_dtmf(digit)
 
     def dtmf_from_info(self, digit: str) -> None:

@@ -11,6 +11,7 @@ pjsua2 single-threaded (we poll its events) with the null sound device.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -28,6 +29,7 @@ class Call(pj.Call):
         self.confirmed_at: float | None = None
         self.player: pj.AudioMediaPlayer | None = None
         self.recorder: pj.AudioMediaRecorder | None = None
+        self.digits_received = ""
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         info = self.getInfo()
@@ -96,7 +98,7 @@ def main() -> int:
         dtmf_sent = False
         while time.monotonic() - start < args.seconds + 10:
             ep.libHandleEvents(10)
-            if call.state == "DISCONNCTD":
+            if call.state in ("DISCONNCTD", "DISCONNECTED"):
                 break
             if call.confirmed_at is not None:
                 elapsed = time.monotonic() - call.confirmed_at
@@ -107,15 +109,19 @@ def main() -> int:
                     call.hangup(pj.CallOpParam(True))
                     for _ in range(100):
                         ep.libHandleEvents(10)
-                        if call.state == "DISCONNCTD":
+                        if call.state in ("DISCONNCTD", "DISCONNECTED"):
                             break
                     break
         result = {"state": call.state, "status": call.last_status,
                   "media_active": call.media_active,
-                  "confirmed": call.confirmed_at is not None, "dtmf_sent": dtmf_sent}
+                  "confirmed": call.confirmed_at is not None, "dtmf_sent": dtmf_sent,
+                  "dtmf_received": call.digits_received}
     finally:
+        # pjsua2 objects must go before the library does, or its destructors assert.
         call.recorder = None
         call.player = None
+        del call
+        gc.collect()
         ep.libDestroy()
     print(json.dumps(result))
     return 0
