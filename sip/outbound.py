@@ -36,6 +36,7 @@ from sip.message import (
     new_call_id,
     new_tag,
 )
+from sip.ports import PortError
 from sip.registration import TrunkAccount, uac_metrics, with_deadline
 from sip.rtp_session import MediaParams
 from sip.sdp import KNOWN_CODECS, SdpError, SdpSession, SessionDescription
@@ -199,7 +200,7 @@ class OutboundCall:
         try:
             media = await ep.open_media(MediaParams(None, 0, first.name, first.payload_type,
                                                     direction="inactive"))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, PortError) as exc:
             raise CallLimitReached(f"no RTP port: {exc}", 503) from None
         adopted = False
         try:

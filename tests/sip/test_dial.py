@@ -5,7 +5,9 @@ echo` subprocess, checking the recorded reply against the played WAV."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 import wave
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from media.clock import ManualClock
 from media.outbound import OutboundAudio
 from pipeline.leg import FRAME_BYTES, PIPELINE_RATE
 from switchboard.dial import LEAD_S, CallClient, WavError, load_wav, write_wav
-from tests.helpers import EXE, switchboard
+from tests.helpers import EXE, free_port, switchboard
 
 RATE = PIPELINE_RATE
 
@@ -245,3 +247,22 @@ def test_call_failures_exit_non_zero(tmp_path: Path) -> None:
                           "SWITCHBOARD_SIP__TRUSTED_NETWORKS": "[10.9.9.0/24]"}) as server:
         code, result = call_cli(f"sip:echo@127.0.0.1:{server.sip_port}", "--seconds", "1")
     assert code == 1 and result["status"] == "failed" and result["sip_status"] == 403
+
+
+@pytest.mark.slow
+def test_call_answers_a_407_with_user_and_password(tmp_path: Path) -> None:
+    from tests.sip.test_registration import start_sipp
+
+    port, rtp = free_port(socket.SOCK_DGRAM), free_port(socket.SOCK_DGRAM)
+    sipp = start_sipp("uas_auth_refer.xml", port, tmp_path, "-rtp_echo", "-mp", str(rtp),
+                      "-mi", "127.0.0.1")
+    try:
+        time.sleep(0.3)
+        code, result = call_cli(f"sip:+15551234@127.0.0.1:{port}", "--user", "alice",
+                                "--password", "s3cret", "--seconds", "1.5")
+        assert code == 0, result
+        assert result["status"] == "completed" and result["sip_status"] == 200
+        assert result["codec"] == "PCMU" and result["packets_received"] > 20  # type: ignore[operator]
+    finally:
+        sipp.kill()  # the scenario waits for a REFER this call never sends
+        sipp.wait()
