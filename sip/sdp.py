@@ -414,7 +414,11 @@ class SdpSession:
         if media.port == 0:
             raise NoCommonCodec("the answer rejected our audio stream")
         offered = ours.codecs()
-        codec = next((c for c in media.codecs() if _find(c, offered) is not None), None)
+        codec = next(
+            (c for c in media.codecs()
+             if c.name.lower() != "telephone-event" and _find(c, offered) is not None),
+            None,
+        )  # telephone-event rides along with an audio codec; it is never the codec
         if codec is None:
             raise NoCommonCodec(f"the answer chose no codec we offered: {media.formats}")
         mine = _find(codec, offered)

@@ -408,3 +408,18 @@ def test_config_errors() -> None:
         session(codecs=["PCMU", "AMR"])
     with pytest.raises(SdpError, match="bad direction"):
         session(direction="sideways")
+
+
+def test_answer_listing_telephone_event_first_still_picks_the_audio_codec():
+    from sip.sdp import SdpSession, SessionDescription
+
+    ours = SdpSession("127.0.0.1", 20000, session_id=1)
+    ours.create_offer()
+    answer = SessionDescription.parse(
+        b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+        b"m=audio 30000 RTP/AVP 101 8\r\na=rtpmap:101 telephone-event/8000\r\n"
+        b"a=rtpmap:8 PCMA/8000\r\n"
+    )
+    negotiated = ours.receive_answer(answer)
+    assert negotiated.codec.name == "PCMA"
+    assert negotiated.telephone_event is not None
