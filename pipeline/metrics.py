@@ -151,6 +151,26 @@ class Metrics:
         self.sip_parse_errors_total = Counter(
             p + "sip_parse_errors_total", "Malformed SIP messages", ["transport"], registry=r
         )
+        # SIP client side: trunk registration, outbound calls, transfers
+        self.sip_registered = Gauge(
+            p + "sip_registered", "1 while the trunk registration is valid", registry=r
+        )
+        self.sip_registrations_total = Counter(
+            p + "sip_registrations_total", "REGISTER cycles to the trunk, by outcome",
+            ["outcome"], registry=r,
+        )
+        self.sip_outbound_calls_total = Counter(
+            p + "sip_outbound_calls_total", "Outbound INVITEs, by outcome", ["outcome"],
+            registry=r,
+        )
+        self.sip_outbound_setup_seconds = Histogram(
+            p + "sip_outbound_setup_seconds", "Outbound INVITE sent to 200 OK received",
+            buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60), registry=r,
+        )
+        self.sip_transfers_total = Counter(
+            p + "sip_transfers_total", "Blind transfers (REFER), by outcome", ["outcome"],
+            registry=r,
+        )
         # Process
         self.event_loop_lag_seconds = Histogram(
             p + "event_loop_lag_seconds", "How late a periodic event-loop probe ran",

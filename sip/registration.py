@@ -16,7 +16,6 @@ import asyncio
 import enum
 import logging
 import random
-import weakref
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -149,30 +148,15 @@ class UacMetrics:
     transfers_total: Counter
 
 
-_UAC_METRICS: weakref.WeakKeyDictionary[Metrics, UacMetrics] = weakref.WeakKeyDictionary()
-
-
 def uac_metrics(metrics: Metrics) -> UacMetrics:
-    found = _UAC_METRICS.get(metrics)
-    if found is None:
-        r, p = metrics.registry, "switchboard_sip_"
-        found = _UAC_METRICS[metrics] = UacMetrics(
-            registered=Gauge(p + "registered", "1 while the trunk registration is valid",
-                             registry=r),
-            registrations_total=Counter(
-                p + "registrations_total", "REGISTER cycles to the trunk, by outcome",
-                ["outcome"], registry=r),
-            outbound_calls_total=Counter(
-                p + "outbound_calls_total", "Outbound INVITEs, by outcome", ["outcome"],
-                registry=r),
-            outbound_setup_seconds=Histogram(
-                p + "outbound_setup_seconds", "Outbound INVITE sent to 200 OK received",
-                buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60), registry=r),
-            transfers_total=Counter(
-                p + "transfers_total", "Blind transfers (REFER), by outcome", ["outcome"],
-                registry=r),
-        )
-    return found
+    """The client-side SIP metrics (defined with all others in pipeline/metrics.py)."""
+    return UacMetrics(
+        registered=metrics.sip_registered,
+        registrations_total=metrics.sip_registrations_total,
+        outbound_calls_total=metrics.sip_outbound_calls_total,
+        outbound_setup_seconds=metrics.sip_outbound_setup_seconds,
+        transfers_total=metrics.sip_transfers_total,
+    )
 
 
 async def with_deadline(clock: Clock, deadline: float, coro: Coroutine[Any, Any, T]) -> T:
