@@ -102,6 +102,14 @@ class Harness:
             self.clock.advance(0.020)
             await until(lambda t=target: self.pacer.tick >= t)  # type: ignore[misc]
 
+    async def idle_until(self, condition: Callable[[], object]) -> None:
+        """Let idle timeouts pass until `condition` holds. The clock jumps repeatedly: a
+        timer armed just after one jump still expires at the next."""
+        async with asyncio.timeout(10.0):
+            while not condition():
+                self.clock.advance(self.ctx.idle_timeout + 1)
+                await asyncio.sleep(0.005)
+
     def value(self, name: str, **labels: str) -> float:
         v = self.metrics.registry.get_sample_value(name, labels or None)
         return 0.0 if v is None else v

@@ -232,8 +232,7 @@ async def test_stream_limit_and_uuid_timeout(harness: Harness) -> None:
         # A connection that never sends its UUID is dropped after the idle timeout.
         silent = await rig.connect()
         await until(lambda: harness.ctx.connections == 1)
-        harness.clock.advance(harness.ctx.idle_timeout + 1)
-        await until(lambda: silent.closed)
+        await harness.idle_until(lambda: silent.closed)
         assert silent.frames == [Frame(Kind.ERROR, bytes((ERROR_TIMEOUT,)))]
         assert harness.value("switchboard_calls_rejected_total", transport="audiosocket",
                              reason="timeout") == 1

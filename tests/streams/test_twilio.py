@@ -319,8 +319,7 @@ async def test_limits(harness: Harness) -> None:
         fourth = await rig.connect(signature=None)
         await fourth.ws.send_str(Connected().to_json())
         await until(lambda: harness.ctx.connections == 1)
-        harness.clock.advance(harness.ctx.idle_timeout + 1)
-        await until(lambda: fourth.ws.closed)
+        await harness.idle_until(lambda: fourth.ws.closed)
         assert harness.value("switchboard_calls_rejected_total", transport="twilio",
                              reason="timeout") == 1
 
