@@ -208,3 +208,17 @@ def test_smoke_run_reports_every_field(tmp_path: Path) -> None:
     assert "held (none failed" in proc.stdout
     assert render(report).splitlines()[0].startswith("5 calls x 3 s")
     assert render_series([report, report]).count("\n") == 2
+
+
+@pytest.mark.slow
+async def test_echo_profile_measures_sessions_and_lists_functions() -> None:
+    from loadtest.echo_profile import measure
+    from loadtest.echo_profile import render as render_profile
+
+    report = await measure(calls=3, seconds=0.5, warmup=0.3, codec="PCMU", rtp_base=27000)
+    for window in (report["plain"], report["profiled"]):
+        assert window["ticks"] > 0 and window["us_per_call_tick"] > 0
+        assert {"p50", "p99", "max"} <= set(window["pacer_lateness_ms"])
+    names = " ".join(row["function"] for row in report["top"])
+    assert "rtp_session.py" in names  # the sessions' own work shows in the profile
+    assert "µs CPU per call per 20 ms tick" in render_profile(report, 5)
