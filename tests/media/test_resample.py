@@ -304,11 +304,31 @@ def test_chunker_takes_bytearray_and_memoryview() -> None:
 
 def test_resampler_into_chunker_gives_one_frame_per_frame() -> None:
     """The inbound path: 8 kHz wire frames -> 16 kHz pipeline frames, one per 20 ms
-    after the filter's first 20 ms."""
+    after the first (which the filter's 5 ms lag leaves short)."""
     r, chunker = StreamResampler(8000, 16000), FrameChunker(640)
     counts = [len(chunker.push(r.process(c))) for c in in_chunks(tone(8000, 2.0), 320)]
-    assert counts[:2] == [0, 0]
-    assert set(counts[2:]) == {1}
+    assert counts[0] == 0
+    assert set(counts[1:]) == {1}
+
+
+def test_doubling_lags_under_7_ms() -> None:
+    """8 -> 16 kHz (every G.711 call's inbound audio) has its own polyphase filter: its
+    output runs 80 samples (5 ms) behind, not soxr's 30 ms."""
+    r = StreamResampler(8000, 16000)
+    total = 0
+    for k, chunk in enumerate(in_chunks(tone(8000, 1.0), 320)):
+        total += len(r.process(chunk)) // 2
+        assert (k + 1) * 320 - total == 80
+
+
+@pytest.mark.parametrize("hz", [300, 1000, 2000, 3000, 3400, 3650, 3750])
+def test_doubling_leaves_no_image(hz: int) -> None:
+    """Interpolation images the 0-4 kHz band into 4-8 kHz (a tone at f comes back at
+    8000 - f); the filter must remove them, or ASR hears a second, mirrored voice."""
+    y = values(chunked(StreamResampler(8000, 16000), in_chunks(tone(8000, 1.0, hz=hz), 320)))
+    spectrum = np.abs(np.fft.rfft(y[:16000] * np.hanning(16000)))  # 1 Hz bins
+    image = spectrum[8000 - hz - 20 : 8000 - hz + 21].max()
+    assert 20 * np.log10(image / spectrum[hz]) < -70
 
 
 @pytest.mark.parametrize("size", [0, -2, 3, 641])
