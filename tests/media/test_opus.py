@@ -86,7 +86,24 @@ def test_packets_are_single_mono_20ms_frames() -> None:
         mode, ms, stereo, code = toc(packet)
         assert (ms, stereo, code) == (20, False, 0)
         assert mode in ("SILK", "hybrid")  # the modes that carry FEC
-    assert 20 < np.mean([len(p) for p in packets()]) < 24000 / 8 / 50 * 1.5
+    assert 20 < np.mean([len(p) for p in packets()]) < OpusEncoder().bitrate / 8 / 50 * 1.5
+
+
+def test_defaults_are_the_measured_cheap_settings() -> None:
+    """Complexity 1 at 32 kbit/s with FEC: cheaper and better than complexity 5 at 24
+    kbit/s (see media/opus.py); complexity 0 would drop the FEC."""
+    enc = OpusEncoder()
+    assert (enc.rate, enc.bitrate, enc.fec, enc.expected_loss_pct) == (16000, 32000, True, 10)
+    assert enc.complexity == 1
+
+
+def test_packets_do_not_share_the_output_buffer() -> None:
+    enc = OpusEncoder(RATE)
+    frames = frames_of(voiced())
+    first = enc.encode(bytearray(frames[10]))
+    kept = bytes(first)
+    second = enc.encode(memoryview(frames[11]))
+    assert first == kept and first != second
 
 
 def test_decoded_audio_follows_the_input() -> None:
