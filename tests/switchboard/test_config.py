@@ -77,3 +77,9 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "nope.yaml", env={})
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(write(tmp_path, "- a\n- b\n"), env={})
+
+
+def test_the_shipped_example_config_is_valid():
+    example = Path(__file__).parents[2] / "switchboard.example.yaml"
+    c = load_config(example, env={})
+    assert c.sip.port == 5060 and c.agent == "conversation"
