@@ -68,10 +68,9 @@ def _check_rate(name: str, rate: int) -> None:
         raise ResampleError(f"{name} must be an integer 1000..384000 Hz, got {rate!r}")
 
 
-def _to_pcm(samples: np.ndarray) -> bytes:
+def _to_pcm(samples: np.ndarray, lo: np.ndarray = _LO, hi: np.ndarray = _HI) -> bytes:
     """Round to nearest and saturate: filter overshoot on full-scale input must clip,
-    never wrap around to the opposite sign."""
-    lo, hi = (_LO, _HI) if samples.dtype == np.float32 else (_LO64, _HI64)
+    never wrap around to the opposite sign. `lo`/`hi` match the samples' dtype."""
     np.rint(samples, out=samples)
     np.minimum(samples, hi, out=samples)
     np.maximum(samples, lo, out=samples)
@@ -123,7 +122,7 @@ class _Doubler:
             out = out[cut:]
         self._seen += n
         self._done += len(out)
-        return _to_pcm(out)
+        return _to_pcm(out, _LO64, _HI64)
 
     def flush(self) -> bytes:
         """The rest, so the stream's total is exactly twice its input."""
