@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   libopus0          # Opus codec, loaded by opuslib
   sip-tester        # SIPp: SIP interop and load tests
+  kamailio          # SIP dispatcher in front of several Switchboard processes (tests/ops)
   espeak-ng         # a second voice for test speech
   sox               # audio conversion in tests and load captures
   prometheus        # promtool checks the monitoring config
