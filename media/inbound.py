@@ -135,6 +135,7 @@ class InboundMedia:
             self._payload_type is not None and packet.payload_type != self._payload_type
         ) or not packet.payload:
             self._ignored += 1
+            self._jb.note_foreign(packet)  # a DTMF event's sequence number is not a loss
             return False
         if self._first:
             self._first = False

@@ -137,6 +137,7 @@ class JitterBuffer:
     def _reset_stream(self) -> None:
         """Forget everything about the current source except the jitter statistics."""
         self._seqs = SeqUnwrapper()
+        self._foreign: set[int] = set()  # non-audio sequence numbers not yet passed
         self._tss = TsUnwrapper()
         self._seen = 0
         self._shift = 0  # added to timestamps after a sender's timeline moved
@@ -419,13 +420,29 @@ class JitterBuffer:
                 self._note_consumed(entry[1])
                 self._late += 1
 
+    def note_foreign(self, packet: RtpPacket) -> None:
+        """A packet of this stream that carries no audio for us (RFC 4733 events, comfort
+        noise) took a sequence number: its gap is not a loss."""
+        if packet.ssrc != self._ssrc or self._seqs.highest is None:
+            return
+        seq = self._seqs.unwrap(packet.sequence)
+        if self._last_seq is None or seq > self._last_seq:
+            self._foreign.add(seq)
+            if len(self._foreign) > _SEEN_BITS:  # bounded: forget the oldest
+                self._foreign.discard(min(self._foreign))
+
     def _note_consumed(self, seq: int) -> None:
         """A packet left the buffer (played or dropped): sequence gaps before it are losses."""
         last = self._last_seq
         if last is None or seq > last:
             # A jump of thousands is a sender renumbering its packets, not a loss.
             if last is not None and seq - last <= _SEEN_BITS:
-                self._lost += seq - last - 1
+                gap = seq - last - 1
+                if gap and self._foreign:
+                    foreign = {s for s in self._foreign if s < seq}
+                    self._foreign -= foreign
+                    gap -= sum(1 for s in foreign if s > last)
+                self._lost += gap
             self._last_seq = seq
 
     def _update_target(self) -> None:

@@ -374,8 +374,8 @@ class RtpSession(asyncio.DatagramProtocol):
         self._packets_in += 1
         self._last_rtp = now
         self._reception.update(packet.sequence, packet.timestamp, now, self._codec.clock_rate)
+        self._inbound.push(packet, now)  # DTMF too: it only marks its sequence number
         if pt == self._pt:
-            self._inbound.push(packet, now)
             return
         try:
             digit = self._dtmf_decoder.push(packet.timestamp, packet.payload)

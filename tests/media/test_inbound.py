@@ -205,3 +205,28 @@ def test_bad_codec_or_rate_is_refused() -> None:
     with pytest.raises(InboundError, match="PCMU runs at 8000 Hz"):
         InboundMedia("PCMU", rate=16000)
     assert InboundMedia("pcma").codec == "pcma"
+
+
+def test_dtmf_packets_in_the_sequence_are_not_counted_as_loss():
+    """RFC 4733 events share the audio stream's sequence numbers; while they play the
+    sender sends no audio. Those gaps are not network loss."""
+    from media.g711 import ulaw_encode
+    from media.inbound import InboundMedia
+    from media.rtp import RtpPacket
+
+    inbound = InboundMedia("PCMU", payload_type=0)
+    payload = ulaw_encode(b"\x00\x10" * 160)
+    seq = ts = 0
+    t = 0.0
+    for i in range(60):
+        if 20 <= i < 26:  # a digit: six event packets in place of audio
+            pkt = RtpPacket(101, seq, 4000, 0x1234, b"\x05\x0a\x00\xa0")
+        else:
+            pkt = RtpPacket(0, seq, ts, 0x1234, payload)
+        inbound.push(pkt, t)
+        inbound.pull(t)
+        seq, ts, t = seq + 1, ts + 160, t + 0.02
+    for _ in range(20):
+        inbound.pull(t)
+        t += 0.02
+    assert inbound.stats.jitter.lost == 0
