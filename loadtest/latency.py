@@ -438,6 +438,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "with_server_log": sum(bool(s.get("server")) for s in samples),
         "speculative_asr_used": sum(bool(v.get("speculative_asr")) for v in servers),
         "filler_played": sum(bool(v.get("filler")) for v in servers),
+        "answer_heard": sum("server_response" in p for p in parts),
         "llm_total_missing": sum("timings" in v and "llm_total" not in v["timings"]
                                  for v in servers),
         "stage_errors": sum(len(v.get("errors") or []) for v in servers),
@@ -489,7 +490,8 @@ def print_report(report: dict[str, Any], out: Any = None) -> None:
               f"{r['p99']:>7.0f} {r['max']:>7.0f}  {goal}", file=out)
     c = counts
     print(f"calls completed {c['completed']}/{c['calls']}, server log for "
-          f"{c['with_server_log']}, fillers played {c['filler_played']}, stage errors "
+          f"{c['with_server_log']}, answer audio before hang-up {c['answer_heard']}, fillers "
+          f"played {c['filler_played']}, stage errors "
           f"{c['stage_errors']}, barge-ins {c['bargein_events']}"
           + (f" (cut: {', '.join(sorted(set(c['cut_audio'])))})" if c["cut_audio"] else "")
           + (f", LLM still generating at hang-up {c['llm_total_missing']}"
