@@ -45,19 +45,22 @@ class ConversationSettings:
     greeting: str | None = "greeting"  # phrase key played at call start; None: none
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_tokens: int = 80
+    # A spoken answer is short: stop generating after this many sentences, which frees
+    # the shared LLM worker for the next caller instead of writing what nobody hears.
+    max_sentences: int = 2
     temperature: float = 0.3
     history_turns: int = 8
     asr_hint: str | None = None
     chunk_policy: ChunkPolicy = field(default_factory=ChunkPolicy)
     # Endpointing (see media.vad.EnergyVad).
     onset_ms: float = 80
-    hangover_ms: float = 400  # trailing silence that ends the caller's turn
+    hangover_ms: float = 300  # trailing silence that ends the caller's turn
     barge_in_ms: float = 240  # speech over the bot needed to interrupt it
     preroll_ms: float = 240
     speculative_after_ms: float = 60  # silence before the speculative ASR starts
     max_utterance_s: float = 30.0  # longer speech is cut (Whisper's window)
     # Timers (counted in 20 ms frames).
-    filler_after_s: float | None = 1.5  # no answer audio by then: play a filler
+    filler_after_s: float | None = 2.0  # no answer audio by then: play a filler
     reprompt_after_s: float = 8.0  # caller silent this long: "Are you still there?"
     max_reprompts: int = 1
     hangup_after_s: float = 8.0  # silent this long after the last reprompt: goodbye
@@ -268,13 +271,16 @@ class TurnRunner:
         )
         sent = 0
 
+        sentences = 0
+
         def put(texts: list[str] | str | None) -> None:
-            nonlocal sent
+            nonlocal sent, sentences
             for raw in [texts] if isinstance(texts, str) else texts or []:
                 text = clean_inline(raw)
                 if _SPEAKABLE.search(text):
                     chunks.put_nowait(text)
                     sent += 1
+                    sentences += text.rstrip("\"')”’ ").endswith((".", "!", "?", "…"))
 
         async def open_stream() -> Any:
             return e.llm_worker.stream(job, deadline_s=e.deadline("llm"))
@@ -293,8 +299,11 @@ class TurnRunner:
                     put(chunker.push(sanitizer.feed(piece)))
                     if speaking.done():  # TTS failed: stop generating, report its error
                         return
-            put(chunker.push(sanitizer.flush()))
-            put(chunker.flush())
+                    if sentences >= s.max_sentences:
+                        break  # leaving the stream cancels the generation
+                else:
+                    put(chunker.push(sanitizer.flush()))
+                    put(chunker.flush())
             self._observe(turn, "llm_total", self.clock.now() - t0)
             if not sent:
                 raise EmptyAnswer(f"{e.llm.name} said nothing speakable")

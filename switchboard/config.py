@@ -100,7 +100,7 @@ class LlmConfig(_Section):
     keep_alive: str = "30m"
     max_tokens: int = Field(default=80, ge=1, le=4096)
     temperature: float = Field(default=0.3, ge=0, le=2)
-    threads: int = Field(default=2, ge=1)
+    threads: int = Field(default=1, ge=1)  # 2 slows to a crawl while Piper and Whisper run
     fallback_to_embedded: bool = True
 
 

@@ -320,7 +320,8 @@ class Call:
             settings=EngineSettings(warm_up=False), metrics=self.metrics, clock=self.clock,
             workers=self.workers,
         )
-        base = settings or ConversationSettings(filler_after_s=None)
+        # The scripts below are timed against a 400 ms hangover; pin it, whatever the default.
+        base = settings or ConversationSettings(filler_after_s=None, hangover_ms=400)
         if overrides:
             from dataclasses import replace
 
@@ -867,3 +868,17 @@ def test_the_call_never_gets_stuck(
         assert not c.conv._tasks
 
     asyncio.run(run())
+
+
+async def test_generation_stops_after_max_sentences() -> None:
+    """A spoken answer is short: after two sentences the LLM stream is closed, so the
+    shared worker is free for the next caller."""
+    llm = ScriptedLlm(["We open at nine. ", "We close at five. ", "Parking is free. ",
+                       "Bring your receipt."])
+    c = Call(ScriptedAsr("When do you open?"), llm, max_sentences=2)
+    await c.start()
+    await c.say(0.8)
+    await c.until_listening()
+    assert c.history()[-1] == {"role": "assistant",
+                               "content": "We open at nine. We close at five."}
+    assert llm.aborted == 1

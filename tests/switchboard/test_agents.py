@@ -56,7 +56,7 @@ def ollama() -> Iterator[FakeOllama]:
 
 def test_default_config_is_the_embedded_stack() -> None:
     c = config()
-    assert llm_settings(c.llm) == LlamaCppSettings(model_path=None, n_threads=2)
+    assert llm_settings(c.llm) == LlamaCppSettings(model_path=None, n_threads=1)
     assert fallback_llm_settings(c.llm) is None
     assert tts_settings(c.tts) == PiperSettings()
     w = whisper_settings(c.asr)
@@ -94,7 +94,7 @@ def test_paths_tts_and_conversation_settings() -> None:
     )
     assert whisper_settings(c.asr).model_path == Path("/models/whisper")
     assert llm_settings(c.llm) == LlamaCppSettings(model_path=Path("/models/gemma.gguf"),
-                                                   n_threads=2)
+                                                   n_threads=1)
     assert tts_settings(c.tts) == PiperSettings(onnx_path=Path("/voices/amy.onnx"))
     s = conversation_settings(c)
     assert (s.max_tokens, s.temperature, s.asr_hint) == (50, 0.1, "Switchboard, Acme")
