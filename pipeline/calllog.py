@@ -78,7 +78,9 @@ class CallLog:
         self.events.append(entry)
         if self._log.isEnabledFor(level):
             detail = " ".join(f"{k}={v!r}" for k, v in fields.items())
-            self._log.log(level, "%s %s", kind, detail, extra=self._extra)
+            # JSON logs carry the fields themselves as "event"/"fields" (switchboard.logs).
+            self._log.log(level, "%s %s", kind, detail,
+                          extra={**self._extra, "event": kind, "fields": fields})
         return entry
 
     def call_start(self) -> None:

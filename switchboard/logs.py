@@ -21,9 +21,13 @@ class JsonFormatter(logging.Formatter):
         call_id = getattr(record, "call_id", None)
         if call_id:
             out["call_id"] = call_id
+        event = getattr(record, "event", None)
+        if event:  # a call-log event: its fields as JSON, not only inside msg
+            out["event"] = event
+            out["fields"] = getattr(record, "fields", {})
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json.dumps(out, ensure_ascii=False, default=str)
 
 
 class TextFormatter(logging.Formatter):
