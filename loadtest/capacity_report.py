@@ -233,6 +233,7 @@ def render(report: dict[str, Any]) -> str:
          _slash(p["lateness_p50_ms"], p["lateness_p99_ms"], digits=2)),
         ("pacer skipped ticks / loop lag p99 ms",
          _slash(p["skipped_ticks"], p["loop_lag_p99_ms"], digits=2)),
+        ("/metrics scrapes that failed", report.get("metrics_scrapes_failed", 0)),
         ("held (none failed, p99 within target)", "yes" if report["held"] else "NO"),
     ]
     width = max(len(name) for name, _ in rows)

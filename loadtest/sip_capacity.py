@@ -256,10 +256,16 @@ def process_cpu_seconds(pid: int) -> float | None:
 
 
 def scrape(url: str | None) -> dict[str, float]:
+    """A Prometheus snapshot; empty when there is no URL or the server did not answer in
+    time (an overloaded server: the run goes on and the report says so)."""
     if url is None:
         return {}
-    with urllib.request.urlopen(url, timeout=10) as r:
-        return parse_prometheus(r.read().decode())
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return parse_prometheus(r.read().decode())
+    except OSError as e:
+        print(f"sip_capacity: scraping {url} failed: {e}", file=sys.stderr)
+        return {}
 
 
 def take_sample(pids: dict[str, int], metrics_url: str | None) -> Sample:
@@ -344,8 +350,12 @@ def run(settings: RunSettings, workdir: Path) -> dict[str, Any]:
             steady.add_frame(rec.time, rec.frame)
     jitter, whole_run = steady.report(), whole.report()
 
-    run_metrics = delta(after, before)
-    win = delta(samples[-1].metrics, samples[0].metrics) if len(samples) == 2 else {}
+    snapshots = [before, *(s.metrics for s in samples), after]
+    failed_scrapes = sum(1 for snap in snapshots if metrics_url and not snap)
+    run_metrics = delta(after, before) if after and before else {}
+    win = {}
+    if len(samples) == 2 and samples[0].metrics and samples[1].metrics:
+        win = delta(samples[1].metrics, samples[0].metrics)
     seconds = samples[-1].at - samples[0].at if len(samples) == 2 else 0.0
     lateness = [histogram_quantile(q, win, "switchboard_pacer_lateness_seconds")
                 for q in (0.5, 0.99)]
@@ -387,6 +397,7 @@ def run(settings: RunSettings, workdir: Path) -> dict[str, Any]:
             "skipped_ticks": total(run_metrics, "switchboard_pacer_skipped_ticks_total"),
             "loop_lag_p99_ms": _ms(lag),
         },
+        "metrics_scrapes_failed": failed_scrapes,
         "held": held,
     }
 
