@@ -26,12 +26,11 @@ import pytest
 
 from tests.helpers import Server, free_port, switchboard
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("kamailio") is None or shutil.which("kamcmd") is None,
-                       reason="Kamailio not installed (scripts/setup.sh installs it)"),
-    pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp (sip-tester) not installed"),
-]
+needs_kamailio = pytest.mark.skipif(
+    shutil.which("kamailio") is None or shutil.which("kamcmd") is None,
+    reason="Kamailio not installed (scripts/setup.sh installs it)")
+needs_sipp = pytest.mark.skipif(shutil.which("sipp") is None,
+                                reason="SIPp (sip-tester) not installed")
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = ROOT / "kamailio" / "kamailio.cfg"
@@ -272,9 +271,40 @@ def node_env(rtp_base: int) -> dict[str, str]:
             "SWITCHBOARD_SIP__RTP_PORT_MAX": str(rtp_base + 98)}
 
 
-# -- tests -----------------------------------------------------------------------------------
+# -- tests: the shipped files as text -------------------------------------------------------
 
 
+def test_readme_documents_every_define() -> None:
+    """Every #!trydef in kamailio.cfg is in the README's table with its default."""
+    defines = re.findall(r"^#!trydef (\w+) (.+)$", CFG.read_text(), re.M)
+    assert len(defines) >= 10
+    readme = (ROOT / "kamailio" / "README.md").read_text()
+    for name, default in defines:
+        row = re.search(rf"^\|[^|\n]*`{name}`[^|\n]*\|([^|\n]*)\|", readme, re.M)
+        assert row, f"README has no row for {name}"
+        assert f"`{default.strip()}`" in row[1], f"README's default for {name}: {row[1]}"
+
+
+def test_shipped_dispatcher_list_is_well_formed() -> None:
+    setid = re.search(r"^#!trydef SB_SET (\d+)$", CFG.read_text(), re.M)
+    assert setid
+    duids = []
+    for line in DISPATCHER_LIST.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        found = re.fullmatch(r"(\d+) (sip:[\w.-]+:\d+(?:;transport=(?:udp|tcp))?) (\d+) (\d+) "
+                             r"(\S+)", line)
+        assert found, line
+        assert found[1] == setid[1] and found[3] == "0"
+        attrs = dict(a.split("=", 1) for a in found[5].split(";"))
+        duids.append(attrs["duid"])
+    assert len(duids) >= 2 and len(set(duids)) == len(duids)
+
+
+# -- tests: the real Kamailio ----------------------------------------------------------------
+
+
+@needs_kamailio
 def test_shipped_config_passes_kamailio_check() -> None:
     """kamailio -c with the shipped defaults (only the list path points at the repo)."""
     out = subprocess.run(["kamailio", "-c", "-f", str(CFG),
@@ -284,6 +314,8 @@ def test_shipped_config_passes_kamailio_check() -> None:
     assert "config file ok" in out.stdout + out.stderr
 
 
+@pytest.mark.slow
+@needs_kamailio
 def test_no_node_no_relay_no_loops() -> None:
     """With its only node dead: 503 to calls and to OPTIONS once the probe fails; never a
     relay to a foreign domain; Max-Forwards and methods checked before dispatching."""
@@ -300,6 +332,9 @@ def test_no_node_no_relay_no_loops() -> None:
         assert "no active Switchboard node" in kam.log()
 
 
+@pytest.mark.slow
+@needs_kamailio
+@needs_sipp
 def test_calls_spread_over_nodes_and_avoid_a_stopped_one(tmp_path: Path) -> None:
     with ExitStack() as stack:
         a = stack.enter_context(switchboard(tmp_path, "--agent", "echo", env=node_env(41000)))
@@ -345,6 +380,9 @@ def hold_one_call(stack: ExitStack, server: Server, workdir: Path) -> None:
              timeout=10)
 
 
+@pytest.mark.slow
+@needs_kamailio
+@needs_sipp
 def test_a_full_node_leaves_the_rotation_and_comes_back(tmp_path: Path) -> None:
     """OPTIONS answered 503 (at max_calls) takes a node out; once its call ends (here by
     its media timeout) the 200 answers bring it back."""
@@ -372,6 +410,9 @@ def test_a_full_node_leaves_the_rotation_and_comes_back(tmp_path: Path) -> None:
         assert counter(busy, "calls_total", transport="sip", outcome="media_timeout") == 1
 
 
+@pytest.mark.slow
+@needs_kamailio
+@needs_sipp
 def test_busy_and_frozen_nodes_fail_over_to_the_next(tmp_path: Path) -> None:
     """No probes during the test (30 s interval): the INVITE itself finds out. A node at
     max_calls answers 503, a frozen one nothing; both calls move on to the healthy node."""
