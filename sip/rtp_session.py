@@ -23,19 +23,26 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from media import g711
 from media import rtcp as rtcp_
 from media.clock import Clock
 from media.dtmf import DtmfDecoder, DtmfError, DtmfPacket, digit_to_event, encode_digit
 from media.inbound import InboundMedia
-from media.opus import OpusEncoder
 from media.outbound import OutboundAudio
 from media.pacer import Pacer
 from media.rtp import RtpError, RtpPacket, is_rtcp
 from media.seqnum import seq_diff, ts_diff
 from pipeline.metrics import Metrics
+from sip.media_params import (
+    CODECS,
+    PTIME_MS,
+    CodecInfo,
+    MediaParams,
+    RtpOptions,
+    RtpSessionError,
+    RtpStats,
+)
 from sip.ports import PortAllocator
 
 __all__ = [
@@ -44,112 +51,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PTIME_MS = 20
-DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 MAX_LATCH_GAP = 10  # a moved source must continue within this many sequence numbers
 DTMF_GAP_TICKS = 3  # 60 ms of audio between two sent digits
 _TS_MASK = 0xFFFFFFFF
 _EF_TOS = 0xB8  # DSCP EF (46): voice, so routers that honour it queue us first
 Addr = tuple[str, int]
-
-
-class RtpSessionError(ValueError):
-    """Media parameters the session cannot use (unknown codec, bad direction, ...)."""
-
-
-@dataclass(frozen=True, slots=True)
-class CodecInfo:
-    name: str  # as media.inbound names it
-    clock_rate: int  # RTP timestamp rate
-    pcm_rate: int  # rate of the PCM the encoder takes (the outbound wire rate)
-    silence: bytes = b""  # one encoded silent sample for G.711; Opus encodes its own
-
-    def encoder(self) -> tuple[Callable[[bytes], bytes], bytes | None]:
-        """A fresh encode function, and a pre-encoded silent frame when one exists."""
-        if self.name == "opus":
-            return OpusEncoder(rate=self.pcm_rate).encode, None
-        encode = g711.ulaw_encode if self.name == "PCMU" else g711.alaw_encode
-        return encode, self.silence * (self.pcm_rate * PTIME_MS // 1000)
-
-
-CODECS = {
-    "PCMU": CodecInfo("PCMU", 8000, 8000, g711.ULAW_SILENCE),
-    "PCMA": CodecInfo("PCMA", 8000, 8000, g711.ALAW_SILENCE),
-    # Opus RTP always counts 48 kHz; we encode 16 kHz audio, all a phone call carries.
-    "OPUS": CodecInfo("opus", 48000, 16000),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class MediaParams:
-    """What SDP offer/answer settled: where to send, in what, and in which direction.
-
-    `direction` is ours (the answer's attribute): with "recvonly" or "inactive" we send no
-    audio; with "sendonly" or "inactive" we expect none. `remote_host` must be an IP
-    address (resolve names before this point: sendto would block on DNS).
-    """
-
-    remote_host: str | None
-    remote_port: int
-    codec: str = "PCMU"
-    payload_type: int = 0
-    dtmf_payload_type: int | None = None
-    rtcp_port: int | None = None  # a=rtcp; default remote_port + 1
-    rtcp_mux: bool = False
-    direction: str = "sendrecv"
-    ptime: int = PTIME_MS
-
-    def check(self) -> CodecInfo:
-        info = CODECS.get(self.codec.upper())
-        if info is None:
-            raise RtpSessionError(f"unsupported codec {self.codec!r}; have {sorted(CODECS)}")
-        if self.direction not in DIRECTIONS:
-            raise RtpSessionError(f"direction must be one of {DIRECTIONS}: {self.direction!r}")
-        if self.ptime != PTIME_MS:
-            raise RtpSessionError(f"only ptime {PTIME_MS} is supported, got {self.ptime}")
-        for pt in (self.payload_type, self.dtmf_payload_type):
-            if pt is not None and not (0 <= pt <= 127 and not 64 <= pt <= 95):
-                raise RtpSessionError(f"payload type {pt} is not a valid RTP audio type")
-        if self.dtmf_payload_type == self.payload_type:
-            raise RtpSessionError(f"audio and DTMF share payload type {self.payload_type}")
-        return info
-
-    @property
-    def sends(self) -> bool:
-        return self.direction in ("sendrecv", "sendonly")
-
-    @property
-    def receives(self) -> bool:
-        return self.direction in ("sendrecv", "recvonly")
-
-
-@dataclass(frozen=True, slots=True)
-class RtpOptions:
-    """Local policy, from config (not from SDP)."""
-
-    media_timeout: float = 30.0  # no RTP this long while we expect some: on_failure
-    latch_window: float = 2.0  # seconds in which a new media source may be learnt
-    rtcp_interval: float = 5.0  # mean; each interval is randomised over 0.5-1.5x
-    dtmf_duration_ms: int = 100
-
-
-@dataclass(frozen=True, slots=True)
-class RtpStats:
-    """Per-call media numbers for the call record."""
-
-    packets_in: int
-    packets_out: int
-    dtmf_in: int
-    dtmf_out: int
-    invalid: int  # malformed, wrong payload type or wrong source
-    lost: int
-    late: int
-    concealed: int
-    jitter_seconds: float  # RFC 3550 interarrival jitter of what we receive
-    remote_fraction_lost: float | None  # what the far end reports about our stream
-    remote_lost: int | None
-    remote_jitter_seconds: float | None
-    rtt_seconds: float | None
+_DEFAULT_OPTIONS = RtpOptions()  # frozen, so one default is safely shared
 
 
 class _RtcpProtocol(asyncio.DatagramProtocol):
@@ -188,7 +95,7 @@ class RtpSession(asyncio.DatagramProtocol):
         on_dtmf: Callable[[str], None] | None = None,
         on_mark: Callable[[str, bool], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
-        options: RtpOptions = RtpOptions(),  # frozen, so one default is safely shared
+        options: RtpOptions = _DEFAULT_OPTIONS,
         ports: PortAllocator | None = None,
         rng: random.Random | None = None,
         epoch_offset: float | None = None,
@@ -201,6 +108,7 @@ class RtpSession(asyncio.DatagramProtocol):
         self.options = options
         self._rng = rng or random.SystemRandom()
         # SR carries wall-clock (NTP) time: read the wall clock once, then follow `clock`.
+        # RTCP SRs carry wall-clock NTP time: the one wall-clock read, injectable for tests.
         self._epoch = time.time() - clock.now() if epoch_offset is None else epoch_offset
         self._transport: asyncio.DatagramTransport | None = None
         self._rtcp_transport: asyncio.DatagramTransport | None = None
