@@ -387,7 +387,7 @@ def test_a_full_node_leaves_the_rotation_and_comes_back(tmp_path: Path) -> None:
     """OPTIONS answered 503 (at max_calls) takes a node out; once its call ends (here by
     its media timeout) the 200 answers bring it back."""
     busy_env = {**node_env(41500), "SWITCHBOARD_SIP__MAX_CALLS": "1",
-                "SWITCHBOARD_SIP__MEDIA_TIMEOUT": "6"}
+                "SWITCHBOARD_SIP__MEDIA_TIMEOUT": "10"}
     with ExitStack() as stack:
         busy = stack.enter_context(switchboard(tmp_path, "--agent", "echo", env=busy_env))
         other = stack.enter_context(switchboard(tmp_path, "--agent", "echo",
