@@ -83,3 +83,11 @@ def test_the_shipped_example_config_is_valid():
     example = Path(__file__).parents[2] / "switchboard.example.yaml"
     c = load_config(example, env={})
     assert c.sip.port == 5060 and c.agent == "conversation"
+
+
+def test_a_numeric_secret_from_the_environment_stays_a_string():
+    c = load_config(None, env={"SWITCHBOARD_SIP__TRUNK__REGISTRAR": "t.example",
+                               "SWITCHBOARD_SIP__TRUNK__USERNAME": "15551230000",
+                               "SWITCHBOARD_SIP__TRUNK__PASSWORD": "12345"})
+    assert c.sip.trunk is not None
+    assert (c.sip.trunk.username, c.sip.trunk.password) == ("15551230000", "12345")
