@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
-    "Sample", "StatsError", "by_label", "cpu_usage", "delta", "dumpcap_dropped",
-    "histogram_quantile", "parse_machine_stat", "parse_proc_stat", "parse_prometheus",
-    "parse_sipp_stats", "render", "render_series", "total",
+    "Sample", "StatsError", "bucket_counts", "by_label", "cpu_usage", "delta",
+    "dumpcap_dropped", "histogram_buckets", "histogram_quantile", "parse_machine_stat",
+    "parse_proc_stat", "parse_prometheus", "parse_sipp_stats", "render", "render_series",
+    "total",
 ]
 
 
@@ -106,15 +107,30 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]
     return {k: v - before.get(k, 0.0) for k, v in after.items()}
 
 
-def histogram_quantile(q: float, snapshot: dict[str, float], name: str) -> float | None:
-    """Prometheus-style quantile of a histogram (linear within a bucket); a quantile in
-    the +Inf bucket is reported as the largest finite bound."""
+def histogram_buckets(snapshot: dict[str, float], name: str) -> list[tuple[float, float]]:
+    """(upper bound, cumulative count) of a histogram without other labels, in order."""
     buckets = []
     for key, count in snapshot.items():
         if key.startswith(name + "_bucket{"):
             le = key.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((math.inf if le == "+Inf" else float(le), count))
-    buckets.sort()
+    return sorted(buckets)
+
+
+def bucket_counts(snapshot: dict[str, float], name: str) -> dict[str, float]:
+    """A histogram as counts per bucket ("<=0.005": n, ..., ">1.0": n), for the JSON."""
+    out, below, bound = {}, 0.0, 0.0
+    for bound_, count in histogram_buckets(snapshot, name):
+        label = f">{bound:g}" if math.isinf(bound_) else f"<={bound_:g}"
+        out[label] = count - below
+        below, bound = count, bound_
+    return out
+
+
+def histogram_quantile(q: float, snapshot: dict[str, float], name: str) -> float | None:
+    """Prometheus-style quantile of a histogram (linear within a bucket); a quantile in
+    the +Inf bucket is reported as the largest finite bound."""
+    buckets = histogram_buckets(snapshot, name)
     if not buckets or buckets[-1][1] <= 0:
         return None
     rank = q * buckets[-1][1]

@@ -50,6 +50,7 @@ from typing import Any
 from loadtest.capacity_report import (
     Sample,
     StatsError,
+    bucket_counts,
     by_label,
     cpu_usage,
     delta,
@@ -396,6 +397,8 @@ def run(settings: RunSettings, workdir: Path) -> dict[str, Any]:
             "lateness_p50_ms": _ms(lateness[0]), "lateness_p99_ms": _ms(lateness[1]),
             "skipped_ticks": total(run_metrics, "switchboard_pacer_skipped_ticks_total"),
             "loop_lag_p99_ms": _ms(lag),
+            "lateness_buckets_s": bucket_counts(win, "switchboard_pacer_lateness_seconds"),
+            "loop_lag_buckets_s": bucket_counts(win, "switchboard_event_loop_lag_seconds"),
         },
         "metrics_scrapes_failed": failed_scrapes,
         "held": held,

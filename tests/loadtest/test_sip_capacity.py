@@ -15,6 +15,7 @@ import pytest
 from loadtest.capacity_report import (
     Sample,
     StatsError,
+    bucket_counts,
     by_label,
     cpu_usage,
     delta,
@@ -110,6 +111,8 @@ def test_histogram_quantile_interpolates_within_a_bucket() -> None:
     assert histogram_quantile(0.7, snap, name) == pytest.approx(0.0015)
     assert histogram_quantile(0.99, snap, name) == pytest.approx(0.002 + 0.003 * 0.9)
     assert histogram_quantile(0.99, {}, name) is None
+    assert bucket_counts(snap, name) == {"<=0.001": 50, "<=0.002": 40, "<=0.005": 10,
+                                         ">0.005": 0}
     overflow = {f'{name}_bucket{{le="0.001"}}': 1.0, f'{name}_bucket{{le="+Inf"}}': 10.0}
     assert histogram_quantile(0.99, overflow, name) == 0.001  # the largest finite bound
 
