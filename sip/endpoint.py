@@ -1,7 +1,9 @@
 """The SIP user agent core for inbound calls: dispatch by method, the call table,
 access control and limits, and shutdown.
 
-INVITE -> trusted source (else 403) -> room for the call (else 503 + Retry-After, or 486)
+INVITE -> trusted source, or else a digest-authenticated caller when callers are
+configured (401 challenge; 403 for bad credentials), or else 403 -> room for the call
+(else 503 + Retry-After, or 486)
 -> handler for the call (the factory may refuse) -> offer/answer, media, optional 180,
 200 OK (sip.invite). Then ACK, BYE, CANCEL, re-INVITE, OPTIONS, INFO (DTMF); 405 for
 methods we do not take, 481 for dialogs we do not know. Every request is counted by
@@ -13,20 +15,24 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+import os
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 
 from media.clock import Clock
 from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.call import Media, SipCall
 from sip.dialog import Dialog, DialogError
+from sip.digest import AuthResult, DigestError, DigestServer
 from sip.headers import Address
 from sip.invite import (
     CallRefused,
     PendingInvite,
     answer_invite,
     apply_ack,
+    caller_credentials,
+    names_request_uri,
     reinvite,
     retry_after_jitter,
 )
@@ -71,6 +77,11 @@ class EndpointSettings:
     limit_status: int = 503  # at max_calls: 503 + Retry-After (a balancer tries elsewhere) or 486
     retry_after: int = 5
     contact_user: str = "switchboard"
+    # Digest users (username -> password) who may call from outside trusted_networks.
+    callers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    auth_realm: str = "switchboard"
+    nonce_ttl: float = 300.0
+    auth_secret: bytes | None = field(default=None, repr=False)  # None: random per process
 
 
 def parse_dtmf_relay(body: bytes, mime: str) -> str | None:
@@ -116,6 +127,11 @@ class SipEndpoint:
         self._pending: dict[InviteServerTransaction, PendingInvite] = {}
         self._networks = [ipaddress.ip_network(n, strict=False)
                           for n in settings.trusted_networks]
+        self._digest: DigestServer | None = None
+        if settings.callers:
+            self._digest = DigestServer(settings.auth_realm,
+                                        settings.auth_secret or os.urandom(32),
+                                        nonce_ttl=settings.nonce_ttl)
         self.methods: dict[str, MethodHandler] = {}  # extensions: REFER, NOTIFY, ...
         # The progress of our blind transfers (REFER, sip.refer) comes in NOTIFYs.
         self.register_method("NOTIFY", on_notify)
@@ -195,15 +211,21 @@ class SipEndpoint:
     def _out_of_dialog(self, request: SipRequest, source: Source,
                        tx: ServerTransaction) -> None:
         method = request.method
-        if not self._trusted(source):
-            log.info("%s from untrusted %s:%d refused", method, *source.remote)
-            if method == "INVITE":
-                self.metrics.calls_rejected_total.labels("sip", "forbidden").inc()
-            tx.respond(self._response(request, 403))
-            return
+        caller: str | None = None  # the digest user, for a caller outside trusted_networks
+        # OPTIONS is open to all: a load balancer may probe from outside trusted_networks.
+        if method != "OPTIONS" and not self._trusted(source):
+            if method != "INVITE" or self._digest is None:
+                log.info("%s from untrusted %s:%d refused", method, *source.remote)
+                if method == "INVITE":
+                    self.metrics.calls_rejected_total.labels("sip", "forbidden").inc()
+                tx.respond(self._response(request, 403))
+                return
+            caller = self._authenticate(request, source, tx)
+            if caller is None:
+                return  # answered 401 or 403
         if method == "INVITE":
             assert isinstance(tx, InviteServerTransaction)
-            self._invite(request, source, tx)
+            self._invite(request, source, tx, caller)
         elif method == "OPTIONS":
             if self.full or not self.accepting:
                 tx.respond(self._response(request, 503, extra=[
@@ -247,9 +269,56 @@ class SipEndpoint:
             return False
         return any(address in net for net in self._networks if net.version == address.version)
 
+    def _authenticate(self, request: SipRequest, source: Source,
+                      tx: ServerTransaction) -> str | None:
+        """The digest user an INVITE from an untrusted source authenticates as; None once
+        it has been answered: 401 without credentials for our realm or with a stale
+        nonce, 403 for anything else. Never logs the password or the credentials."""
+        digest = self._digest
+        assert digest is not None
+        now = self.clock.now()
+        try:
+            credentials = caller_credentials(request, digest.realm)
+        except DigestError as exc:
+            self._forbid(request, source, tx, f"malformed Authorization ({str(exc)[:60]})")
+            return None
+        if credentials is None:
+            self._challenge(request, tx, digest, now, stale=False)
+            log.debug("INVITE %s from %s:%d challenged", request.call_id, *source.remote)
+            return None
+        user = credentials.username
+        if not names_request_uri(credentials, request):
+            result = AuthResult.MISMATCH
+        else:
+            result = digest.verify(credentials, method=request.method, now=now,
+                                   password=self.settings.callers.get(user))
+        if result is AuthResult.OK:
+            return user
+        if result is AuthResult.STALE:
+            self._challenge(request, tx, digest, now, stale=True)
+            log.info("INVITE %s from %s:%d: stale nonce for %r, challenged again",
+                     request.call_id, *source.remote, user[:64])
+            return None
+        self._forbid(request, source, tx, f"digest {result.value} for user {user[:64]!r}")
+        return None
+
+    def _challenge(self, request: SipRequest, tx: ServerTransaction, digest: DigestServer,
+                   now: float, *, stale: bool) -> None:
+        challenges = digest.challenges(now, stale=stale)
+        self.metrics.calls_rejected_total.labels("sip", "unauthorized").inc()
+        tx.respond(self._response(request, 401, extra=[
+            ("WWW-Authenticate", str(c)) for c in challenges]))
+
+    def _forbid(self, request: SipRequest, source: Source, tx: ServerTransaction,
+                why: str) -> None:
+        log.info("INVITE %s from %s:%d refused: %s", request.call_id, *source.remote, why)
+        self.metrics.calls_rejected_total.labels("sip", "forbidden").inc()
+        tx.respond(self._response(request, 403))
+
     # -- INVITE ------------------------------------------------------------------------------
 
-    def _invite(self, request: SipRequest, source: Source, tx: InviteServerTransaction) -> None:
+    def _invite(self, request: SipRequest, source: Source, tx: InviteServerTransaction,
+                caller: str | None = None) -> None:
         local_tag = new_tag()
         try:
             dialog = Dialog.from_request(request, source, local_tag=local_tag,
@@ -258,7 +327,7 @@ class SipEndpoint:
             self.metrics.calls_rejected_total.labels("sip", "bad_request").inc()
             tx.respond(make_response(request, exc.status, exc.reason, to_tag=local_tag))
             return
-        p = PendingInvite(tx, request, source, dialog)
+        p = PendingInvite(tx, request, source, dialog, caller=caller)
         refusal = self._admission(request)
         if refusal is not None:
             extra = [*self.server_headers()]

@@ -19,18 +19,20 @@ from typing import TYPE_CHECKING
 from pipeline.leg import CallInfo
 from sip.call import Media, SipCall
 from sip.dialog import Dialog
+from sip.digest import Credentials
 from sip.message import SipRequest
 from sip.ports import PortError
 from sip.rtp_session import MediaParams
 from sip.sdp import NegotiatedMedia, NoCommonCodec, SdpError, SdpSession, SessionDescription
 from sip.transaction import InviteServerTransaction, ServerTransaction
 from sip.transport import Source
+from sip.uri import Uri
 
 if TYPE_CHECKING:
     from sip.endpoint import SipEndpoint
 
 __all__ = ["CallRefused", "PendingInvite", "answer_invite", "apply_ack", "call_info",
-           "media_params", "reinvite"]
+           "caller_credentials", "media_params", "names_request_uri", "reinvite"]
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +66,18 @@ class PendingInvite:
     dialog: Dialog
     task: asyncio.Task[None] | None = None
     media: Media | None = None
+    caller: str | None = None  # the digest user it authenticated as, if it had to
 
 
-def call_info(request: SipRequest, source: Source) -> CallInfo:
+def call_info(request: SipRequest, source: Source, caller: str | None = None) -> CallInfo:
     params = {
         "request_uri": str(request.uri),
         "from": str(request.from_addr.uri),
         "to": str(request.to_addr.uri),
         "source": f"{source.transport}:{source.remote[0]}:{source.remote[1]}",
     }
+    if caller is not None:
+        params["auth_user"] = caller  # a dialplan may route on who authenticated
     for name in ROUTING_HEADERS:
         value = request.header(name)
         if value is not None:
@@ -82,6 +87,25 @@ def call_info(request: SipRequest, source: Source) -> CallInfo:
             params[name.lower()] = value[:256]
     caller = request.from_addr.uri.user or request.from_addr.display_name or ""
     return CallInfo(request.call_id, "sip", caller, request.uri.user or "", params)
+
+
+def caller_credentials(request: SipRequest, realm: str) -> Credentials | None:
+    """The request's Digest credentials for `realm`, None without any (a line for another
+    realm answers someone else's challenge). DigestError for a malformed line."""
+    for value in request.headers.get_lines("Authorization"):
+        credentials = Credentials.parse(value)
+        if credentials.realm == realm:
+            return credentials
+    return None
+
+
+def names_request_uri(credentials: Credentials, request: SipRequest) -> bool:
+    """RFC 3261 22.4: the credentials' uri is the Request-URI, compared as URIs (so
+    credentials answered for one target do not open another)."""
+    try:
+        return Uri.parse(credentials.uri) == request.uri
+    except ValueError:
+        return False
 
 
 async def _resolve(host: str) -> str:
@@ -166,7 +190,7 @@ async def answer_invite(ep: SipEndpoint, p: PendingInvite) -> None:
             raise CallRefused(488, str(exc), "codec") from None
         except SdpError as exc:
             raise CallRefused(400, f"Bad SDP: {exc}", "bad_request") from None
-        info = call_info(request, p.source)
+        info = call_info(request, p.source, p.caller)
         handler = ep.handler_factory(info)  # may raise CallRefused
         opening = asyncio.ensure_future(ep.open_media(params))
         try:

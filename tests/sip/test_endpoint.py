@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from media.clock import ManualClock
 from pipeline.leg import CallInfo
 from pipeline.metrics import Metrics
+from sip.digest import authorize, parse_challenges
 from sip.endpoint import CallRefused, EndpointSettings, SipEndpoint, parse_dtmf_relay
 from sip.message import SipMessage, SipRequest, SipResponse, parse_message
 from sip.ports import PortsExhaustedError
@@ -66,6 +67,7 @@ class Rig:
         self.metrics = Metrics(CollectorRegistry())
         self.media: list[FakeMedia] = []
         self.handlers: list[RecordingHandler] = []
+        self.infos: list[CallInfo] = []
         self.refuse: CallRefused | None = None
         self.media_error: Exception | None = None
         self.wire = MemoryTransport(lambda m, s: self.endpoint.receive(m, s), self.clock,
@@ -76,6 +78,7 @@ class Rig:
                                     metrics=self.metrics)
 
     def make_handler(self, info: CallInfo) -> RecordingHandler:
+        self.infos.append(info)
         if self.refuse is not None:
             raise self.refuse
         handler = RecordingHandler()
@@ -201,6 +204,183 @@ async def test_untrusted_source_is_forbidden(rig: Rig) -> None:
     rig.send(invite(), STRANGER)
     assert rig.wire.statuses() == [100, 403]
     assert rig.sample("switchboard_calls_rejected_total", transport="sip", reason="forbidden") == 1
+
+
+async def test_options_is_open_to_untrusted_sources(rig: Rig) -> None:
+    rig.send(msg("OPTIONS"), STRANGER)  # a load balancer outside trusted_networks
+    rig.send(msg("INFO", branch="z9hG4bKi1"), STRANGER)
+    assert rig.wire.statuses() == [200, 403]
+
+
+# -- digest-authenticated callers -----------------------------------------------------------
+
+PASSWORD = "s3cret-Pa55"
+AUTH_URI = "sip:echo@127.0.0.1:5060"
+
+
+def auth_rig(**settings: object) -> Rig:
+    return Rig(callers={"alice": PASSWORD, "bob": "other"}, **settings)
+
+
+def authorization(challenge: SipResponse, *, user: str = "alice", password: str = PASSWORD,
+                  algorithm: str = "SHA-256", nc: int = 1, uri: str = AUTH_URI,
+                  nonce: str | None = None) -> str:
+    """The Authorization line a client sends to answer `challenge` (a 401)."""
+    offered = parse_challenges(challenge.headers.get_lines("WWW-Authenticate"))
+    chosen = next(c for c in offered if c.algorithm == algorithm)
+    if nonce is not None:
+        chosen = replace(chosen, nonce=nonce)
+    credentials = authorize(chosen, username=user, password=password, method="INVITE",
+                            uri=uri, cnonce="0a4f113b", nc=nc)
+    return f"Authorization: {credentials}\n"
+
+
+async def challenge(rig: Rig, call_id: str = "c1") -> SipResponse:
+    """An INVITE without credentials from outside: 401, which the caller ACKs."""
+    rig.send(invite(call_id=call_id, branch=f"z9hG4bK{call_id}-1"), STRANGER)
+    await settle()
+    resp = rig.wire.responses("INVITE")[-1]
+    assert resp.status == 401, resp.status
+    rig.send(msg("ACK", to_tag=resp.to_addr.tag or "", branch=f"z9hG4bK{call_id}-1",
+                 call_id=call_id), STRANGER)
+    return resp
+
+
+async def retry(rig: Rig, auth: str, call_id: str = "c1", cseq: int = 2,
+                **kw: object) -> SipResponse:
+    """The INVITE again, with credentials; its final response."""
+    rig.send(invite(call_id=call_id, cseq=cseq, branch=f"z9hG4bK{call_id}-{cseq}",
+                    extra=auth, **kw), STRANGER)
+    await settle()
+    return rig.wire.responses("INVITE")[-1]
+
+
+def rejected(rig: Rig, reason: str) -> float:
+    return rig.sample("switchboard_calls_rejected_total", transport="sip", reason=reason) or 0
+
+
+async def test_untrusted_invite_is_challenged_when_callers_are_configured() -> None:
+    rig = auth_rig()
+    resp = await challenge(rig)
+    lines = resp.headers.get_lines("WWW-Authenticate")
+    offered = parse_challenges(lines)
+    assert [c.algorithm for c in offered] == ["SHA-256", "MD5"]  # strongest first
+    assert {c.realm for c in offered} == {"switchboard"} and len({c.nonce for c in offered}) == 1
+    assert all(c.qop == ("auth",) and not c.stale for c in offered)
+    assert 'qop="auth"' in lines[0]
+    assert rig.wire.statuses() == [100, 401]  # the ACK was absorbed by the transaction
+    assert rig.media == [] and rig.infos == []
+    assert rejected(rig, "unauthorized") == 1 and rejected(rig, "forbidden") == 0
+    await rig.close()
+
+
+@pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
+async def test_good_credentials_are_answered(algorithm: str,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    rig = auth_rig()
+    ok = await retry(rig, authorization(await challenge(rig), algorithm=algorithm))
+    assert ok.status == 200 and ok.cseq.seq == 2
+    assert len(rig.endpoint.calls) == 1 and len(rig.media) == 1
+    assert rig.infos[0].params["auth_user"] == "alice"
+    assert rejected(rig, "unauthorized") == 1 and rejected(rig, "forbidden") == 0
+    assert PASSWORD not in caplog.text and "response=" not in caplog.text
+    await rig.close()
+
+
+async def test_wrong_password_and_unknown_user_are_forbidden(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    rig = auth_rig()
+    wrong = await retry(rig, authorization(await challenge(rig), password="guess"))
+    assert wrong.status == 403
+    unknown = await retry(rig, authorization(await challenge(rig, "c2"), user="mallory",
+                                             password=PASSWORD), "c2")
+    assert unknown.status == 403
+    # Another caller's password does not open alice's account.
+    swapped = await retry(rig, authorization(await challenge(rig, "c3"), password="other"), "c3")
+    assert swapped.status == 403
+    assert rig.media == [] and rig.infos == [] and rig.endpoint.calls == {}
+    assert rejected(rig, "forbidden") == 3 and rejected(rig, "unauthorized") == 3
+    assert "bad-response for user 'mallory'" in caplog.text
+    assert PASSWORD not in caplog.text and "response=" not in caplog.text
+    await rig.close()
+
+
+async def test_replayed_nonce_count_is_refused() -> None:
+    rig = auth_rig()
+    resp = await challenge(rig)
+    auth = authorization(resp)
+    assert (await retry(rig, auth)).status == 200
+    # The same credentials on a new call: nc did not go up, so a replay.
+    assert (await retry(rig, auth, call_id="c2")).status == 403
+    # The nonce may be reused with a higher nc (RFC 7616 3.4).
+    assert (await retry(rig, authorization(resp, nc=2), call_id="c3")).status == 200
+    assert rejected(rig, "forbidden") == 1 and len(rig.endpoint.calls) == 2
+    await rig.close()
+
+
+async def test_stale_nonce_is_challenged_again_with_stale_true() -> None:
+    rig = auth_rig(nonce_ttl=60.0)
+    resp = await challenge(rig)
+    rig.clock.advance(61.0)
+    again = await retry(rig, authorization(resp))
+    assert again.status == 401
+    offered = parse_challenges(again.headers.get_lines("WWW-Authenticate"))
+    first = parse_challenges(resp.headers.get_lines("WWW-Authenticate"))[0]
+    assert all(c.stale for c in offered) and offered[0].nonce != first.nonce
+    assert rejected(rig, "unauthorized") == 2 and rejected(rig, "forbidden") == 0
+    rig.send(msg("ACK", to_tag=again.to_addr.tag or "", branch="z9hG4bKc1-2"), STRANGER)
+    ok = await retry(rig, authorization(again), cseq=3)
+    assert ok.status == 200
+    await rig.close()
+
+
+async def test_stale_nonce_with_a_wrong_password_is_forbidden() -> None:
+    rig = auth_rig(nonce_ttl=60.0)
+    resp = await challenge(rig)
+    rig.clock.advance(61.0)
+    assert (await retry(rig, authorization(resp, password="guess"))).status == 403
+    await rig.close()
+
+
+async def test_credentials_must_name_the_request_uri_and_our_realm() -> None:
+    rig = auth_rig()
+    resp = await challenge(rig)
+    other_target = authorization(resp, uri="sip:admin@127.0.0.1:5060")
+    assert (await retry(rig, other_target)).status == 403
+    assert (await retry(rig, "Authorization: Digest username=alice\n", "c2")).status == 403
+    # Credentials for another realm answer someone else's challenge: we challenge.
+    elsewhere = authorization(resp).replace('realm="switchboard"', 'realm="proxy.example"')
+    assert (await retry(rig, elsewhere, "c3")).status == 401
+    # A nonce we never issued (another process's secret, or forged), rightly answered.
+    nonce = parse_challenges(resp.headers.get_lines("WWW-Authenticate"))[0].nonce
+    forged = authorization(resp, nonce="A" * len(nonce))
+    assert (await retry(rig, forged, "c4")).status == 403
+    assert rig.media == []
+    await rig.close()
+
+
+async def test_trusted_source_needs_no_credentials() -> None:
+    rig = auth_rig()
+    rig.send(invite())  # from 127.0.0.1, inside the default trusted_networks
+    await settle()
+    assert rig.wire.statuses() == [100, 200]
+    assert "auth_user" not in rig.infos[0].params
+    await rig.close()
+
+
+async def test_only_invite_is_challenged() -> None:
+    rig = auth_rig(trusted_networks=("192.0.2.0/24",))
+    rig.send(msg("INFO"), STRANGER)
+    rig.send(msg("OPTIONS", branch="z9hG4bKo1"), CALLER)
+    assert rig.wire.statuses() == [403, 200]
+    await rig.close()
+
+
+def test_settings_repr_hides_the_passwords_and_secret() -> None:
+    settings = EndpointSettings(callers={"alice": PASSWORD}, auth_secret=b"k" * 32)
+    assert PASSWORD not in repr(settings) and "kkkk" not in repr(settings)
 
 
 # -- INVITE ---------------------------------------------------------------------------------
