@@ -145,5 +145,9 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
             ring_seconds=sip.ring_seconds,
             advertised_address=sip.advertised_address,
             user_agent=sip.user_agent,
+            callers=dict(sip.callers),
+            auth_realm=sip.auth_realm,
+            nonce_ttl=sip.nonce_ttl,
+            auth_secret=sip.auth_secret.encode() if sip.auth_secret else None,
         ),
     )

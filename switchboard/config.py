@@ -18,7 +18,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "SWITCHBOARD_"
-_SECRETS = {("password",), ("api_key",), ("auth_token",), ("token",)}  # never echoed in errors
+# Keys whose values are never echoed in errors, nor anything under them (sip.callers.*).
+_SECRETS = {("password",), ("api_key",), ("auth_token",), ("token",), ("callers",),
+            ("auth_secret",)}
 
 
 class ConfigError(Exception):
@@ -59,6 +61,14 @@ class SipConfig(_Section):
     timer_t1: float = Field(default=0.5, gt=0, le=10)  # RFC 3261 T1 (RTT estimate)
     timer_t2: float = Field(default=4.0, gt=0, le=60)  # RFC 3261 T2 (max non-INVITE retransmit)
     user_agent: str = "Switchboard"
+    # Callers outside trusted_networks: with callers configured, an INVITE is challenged
+    # (401, digest SHA-256 and MD5) and answered if it authenticates as one of them;
+    # without, it gets 403. OPTIONS stays open to all (load balancers probe it).
+    callers: dict[str, str] = Field(default={}, repr=False)  # digest username -> password
+    auth_realm: str = Field(default="switchboard", min_length=1, max_length=128)
+    nonce_ttl: float = Field(default=300.0, ge=10, le=86400)  # a nonce older gets stale=true
+    # The nonces' HMAC key; unset: random per process (a restart voids outstanding nonces).
+    auth_secret: str | None = Field(default=None, repr=False, min_length=16)
     trunk: TrunkConfig | None = None
 
     @field_validator("trusted_networks")
@@ -69,6 +79,23 @@ class SipConfig(_Section):
                 ipaddress.ip_network(net, strict=False)
             except ValueError as e:
                 raise ValueError(f"{net!r} is not a CIDR network ({e})") from None
+        return v
+
+    @field_validator("callers")
+    @classmethod
+    def _callers(cls, v: dict[str, str]) -> dict[str, str]:
+        for user, password in v.items():
+            if not user.strip():
+                raise ValueError("a caller's username is empty")
+            if not password:
+                raise ValueError(f"caller {user!r} has an empty password")
+        return v
+
+    @field_validator("auth_realm")
+    @classmethod
+    def _realm(cls, v: str) -> str:
+        if any(c in v for c in '"\\\r\n'):
+            raise ValueError("must not contain quotes, backslashes or line breaks")
         return v
 
     @model_validator(mode="after")
@@ -307,7 +334,8 @@ def _describe(
         problem = item["msg"]
         if item["type"] == "extra_forbidden":
             problem = "unknown key (check the spelling)"
-        elif "input" in item and item["type"] != "missing" and loc[-1:] not in _SECRETS:
+        elif ("input" in item and item["type"] != "missing"
+              and not any((part,) in _SECRETS for part in loc)):
             problem += f" (got {item['input']!r})"
         msgs.append(f"{where}: {key}: {problem}")
     return "invalid configuration:\n  " + "\n  ".join(msgs)
