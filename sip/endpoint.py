@@ -80,6 +80,9 @@ class EndpointSettings:
     # Digest users (username -> password) who may call from outside trusted_networks.
     callers: Mapping[str, str] = field(default_factory=dict, repr=False)
     auth_realm: str = "switchboard"
+    # Challenges in this order; clients answer the first they support, and some (SIPp
+    # 3.6, older phones) read only the first: put MD5 first for them.
+    auth_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     nonce_ttl: float = 300.0
     auth_secret: bytes | None = field(default=None, repr=False)  # None: random per process
 
@@ -131,7 +134,8 @@ class SipEndpoint:
         if settings.callers:
             self._digest = DigestServer(settings.auth_realm,
                                         settings.auth_secret or os.urandom(32),
-                                        nonce_ttl=settings.nonce_ttl)
+                                        nonce_ttl=settings.nonce_ttl,
+                                        algorithms=settings.auth_algorithms)
         self.methods: dict[str, MethodHandler] = {}  # extensions: REFER, NOTIFY, ...
         # The progress of our blind transfers (REFER, sip.refer) comes in NOTIFYs.
         self.register_method("NOTIFY", on_notify)

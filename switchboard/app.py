@@ -147,6 +147,7 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
             user_agent=sip.user_agent,
             callers=dict(sip.callers),
             auth_realm=sip.auth_realm,
+            auth_algorithms=tuple(sip.auth_algorithms),
             nonce_ttl=sip.nonce_ttl,
             auth_secret=sip.auth_secret.encode() if sip.auth_secret else None,
         ),

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "SWITCHBOARD_"
 # Keys whose values are never echoed in errors, nor anything under them (sip.callers.*).
 _SECRETS = {("password",), ("api_key",), ("auth_token",), ("token",), ("callers",),
-            ("auth_secret",)}
+            ("auth_secret",), ("dsn",)}
 
 
 class ConfigError(Exception):
@@ -66,6 +66,9 @@ class SipConfig(_Section):
     # without, it gets 403. OPTIONS stays open to all (load balancers probe it).
     callers: dict[str, str] = Field(default={}, repr=False)  # digest username -> password
     auth_realm: str = Field(default="switchboard", min_length=1, max_length=128)
+    # Challenge order: clients answer the first they support; some read only the first.
+    auth_algorithms: list[Literal["SHA-256", "MD5"]] = Field(
+        default=["SHA-256", "MD5"], min_length=1, max_length=2)
     nonce_ttl: float = Field(default=300.0, ge=10, le=86400)  # a nonce older gets stale=true
     # The nonces' HMAC key; unset: random per process (a restart voids outstanding nonces).
     auth_secret: str | None = Field(default=None, repr=False, min_length=16)
@@ -96,6 +99,13 @@ class SipConfig(_Section):
     def _realm(cls, v: str) -> str:
         if any(c in v for c in '"\\\r\n'):
             raise ValueError("must not contain quotes, backslashes or line breaks")
+        return v
+
+    @field_validator("auth_algorithms")
+    @classmethod
+    def _algorithms(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("an algorithm is listed twice")
         return v
 
     @model_validator(mode="after")
@@ -221,8 +231,30 @@ class StreamsConfig(_Section):
         return v.rstrip("/")
 
 
+# -- call records (switchboard.records) -----------------------------------------------------
+
+
+class RecordsConfig(_Section):
+    """Where every call's record goes (GET /calls, `switchboard calls`)."""
+
+    enabled: bool = True
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    path: str = "./switchboard-calls.db"  # sqlite: the database file (WAL)
+    dsn: str = Field(default="", repr=False)  # postgres: e.g. postgresql://user:pw@host/db
+    retention_days: float = Field(default=30, gt=0, le=36500)
+    redact_digits: bool = False  # blank runs of 4+ digits (cards, phones) in transcripts
+
+    @model_validator(mode="after")
+    def _dsn(self) -> RecordsConfig:
+        if self.backend == "postgres" and not self.dsn:
+            raise ValueError("the postgres backend needs records.dsn")
+        return self
+
+
 class Config(_Section):
     agent: Literal["echo", "conversation"] = "conversation"
+    # SIGTERM: stop taking calls at once, let calls in progress go on this long, then end them.
+    shutdown_drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     sip: SipConfig = SipConfig()
     http: HttpConfig = HttpConfig()
     asr: AsrConfig = AsrConfig()
@@ -230,6 +262,7 @@ class Config(_Section):
     tts: TtsConfig = TtsConfig()
     log: LogConfig = LogConfig()
     streams: StreamsConfig = StreamsConfig()  # media-stream doors (streams/)
+    records: RecordsConfig = RecordsConfig()  # call records (switchboard.records)
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:

@@ -274,6 +274,14 @@ async def test_untrusted_invite_is_challenged_when_callers_are_configured() -> N
     await rig.close()
 
 
+async def test_challenge_order_and_realm_are_configurable() -> None:
+    rig = auth_rig(auth_algorithms=("MD5", "SHA-256"), auth_realm="voice.example")
+    offered = parse_challenges((await challenge(rig)).headers.get_lines("WWW-Authenticate"))
+    assert [(c.algorithm, c.realm) for c in offered] == [
+        ("MD5", "voice.example"), ("SHA-256", "voice.example")]
+    await rig.close()
+
+
 @pytest.mark.parametrize("algorithm", ["SHA-256", "MD5"])
 async def test_good_credentials_are_answered(algorithm: str,
                                              caplog: pytest.LogCaptureFixture) -> None:
