@@ -1,5 +1,6 @@
 """Acceptance: real SIPp runs every scenario in loadtest/sipp/ against a real
-`switchboard serve --agent echo`, over UDP and over TCP.
+`switchboard serve --agent echo`, over UDP and over TCP; uac_auth and uac_auth_403
+against one that trusts only 192.0.2.0/24, so SIPp must authenticate.
 
 uac_pcmu plays speech.pcap: real speech (the packaged Piper voice), resampled to 8 kHz,
 μ-law RTP written as a classic pcap by loadtest/pcap.py.
@@ -107,6 +108,24 @@ def impatient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
         assert "Traceback" not in s.log(), s.log()
 
 
+CALLER_PASSWORD = "s3cret-Pa55"
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """SIPp on 127.0.0.1 is outside trusted_networks here: its INVITEs must authenticate
+    as alice. MD5 goes first: SIPp 3.6 answers only MD5 and reads only the first challenge."""
+    env = {"SWITCHBOARD_SIP__TRUSTED_NETWORKS": "[192.0.2.0/24]",
+           "SWITCHBOARD_SIP__CALLERS": f"{{alice: {CALLER_PASSWORD}}}",
+           "SWITCHBOARD_SIP__AUTH_ALGORITHMS": "[MD5, SHA-256]",
+           "SWITCHBOARD_SIP__RTP_PORT_MIN": "40600", "SWITCHBOARD_SIP__RTP_PORT_MAX": "40700"}
+    with switchboard(tmp_path_factory.mktemp("auth"), "--agent", "echo", env=env) as s:
+        yield s
+        log = s.log()
+        assert "Traceback" not in log, log
+        assert CALLER_PASSWORD not in log and "response=" not in log, log
+
+
 def counter(server: Server, name: str, **labels: str) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     pattern = re.compile(rf"^switchboard_{name}(?:\{{([^}}]*)\}})? ([0-9.e+]+)$", re.M)
@@ -177,6 +196,53 @@ def test_uac_pcmu_echo_call(server: Server, workdir: Path, transport: str) -> No
     # Most of the speech arrived, and the echo agent answered with packets of its own.
     assert counter(server, "rtp_packets_received_total") - received >= 0.9 * packets
     assert counter(server, "rtp_packets_sent_total") - sent >= 0.9 * packets
+
+
+def auth_args(server: Server, user: str, password: str) -> tuple[str, ...]:
+    # SIPp's digest uri is remote_ip:port by default; Switchboard wants the Request-URI.
+    return ("-au", user, "-ap", password, "-auth_uri", f"service@127.0.0.1:{server.sip_port}")
+
+
+def test_uac_auth_digest_caller_is_answered(auth_server: Server, workdir: Path,
+                                            transport: str) -> None:
+    def unauthorized() -> float:
+        return counter(auth_server, "calls_rejected_total", transport="sip",
+                       reason="unauthorized")
+
+    challenged = unauthorized()
+    answered = counter(auth_server, "calls_total", transport="sip", outcome="remote_bye")
+    run = run_sipp("uac_auth", transport, auth_server, workdir, "-d", "500",
+                   *auth_args(auth_server, "alice", CALLER_PASSWORD))
+    assert run.returncode == 0, run.explain()
+    challenges = re.findall(r"^WWW-Authenticate: Digest (.*)$", run.messages, re.M)
+    assert [re.search(r"algorithm=([\w-]+)", c).group(1) for c in challenges] == [  # type: ignore[union-attr]
+        "MD5", "SHA-256"]
+    assert all('qop="auth"' in c for c in challenges)
+    assert status_lines(run.messages, "403") == 0
+    assert unauthorized() - challenged == 1
+    assert counter(auth_server, "calls_total", transport="sip",
+                   outcome="remote_bye") - answered == 1
+
+
+def test_uac_auth_wrong_password_is_forbidden(auth_server: Server, workdir: Path,
+                                              transport: str) -> None:
+    def forbidden() -> float:
+        return counter(auth_server, "calls_rejected_total", transport="sip", reason="forbidden")
+
+    before = forbidden()
+    run = run_sipp("uac_auth_403", transport, auth_server, workdir,
+                   *auth_args(auth_server, "alice", "not-the-password"))
+    assert run.returncode == 0, run.explain()
+    assert status_lines(run.messages, "200") == 0
+    assert forbidden() - before == 1
+
+
+def test_uac_without_credentials_is_challenged(auth_server: Server, workdir: Path) -> None:
+    """uac_pcmu from an untrusted source meets the 401 it cannot answer; OPTIONS is open."""
+    run = run_sipp("uac_pcmu", "udp", auth_server, workdir)
+    assert run.returncode != 0 and status_lines(run.messages, "401") >= 1, run.explain()
+    options = run_sipp("options", "udp", auth_server, workdir)
+    assert options.returncode == 0, options.explain()
 
 
 def test_pcap_round_trip() -> None:
