@@ -171,6 +171,15 @@ class Metrics:
             p + "sip_transfers_total", "Blind transfers (REFER), by outcome", ["outcome"],
             registry=r,
         )
+        # Call records (switchboard.records): kind is locked | disk_full | unavailable |
+        # overflow | other. A failed write is kept and retried; overflow is what was dropped.
+        self.records_write_errors_total = Counter(
+            p + "records_write_errors_total", "Call-record writes that failed (retried later)",
+            ["kind"], registry=r,
+        )
+        self.records_pending = Gauge(
+            p + "records_pending", "Call-record writes waiting for the database", registry=r
+        )
         # Process
         self.event_loop_lag_seconds = Histogram(
             p + "event_loop_lag_seconds", "How late a periodic event-loop probe ran",
