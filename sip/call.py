@@ -272,6 +272,11 @@ class SipCall:
             m.call_duration_seconds.labels("sip").observe(self._clock.now() - self.started_at)
         if self._on_closed is not None:
             self._on_closed(self)
+        # The app's call recorder (switchboard.records) wraps the handler; it hears of every
+        # end here, also of calls whose handler never started (no ACK, on_start failed).
+        closed = getattr(self.handler, "call_closed", None)
+        if closed is not None:
+            closed(reason)
 
     async def wait_closed(self) -> None:
         await self._closed.wait()

@@ -439,6 +439,11 @@ class StreamLeg:
         self._closed.set()
         self._ctx.legs.discard(self)
         self._flush_metrics()
+        # The app's call recorder (switchboard.records) wraps the handler; it hears of every
+        # end here, also of streams whose handler never started.
+        closed = getattr(self.handler, "call_closed", None)
+        if closed is not None:
+            closed(reason)
         if not self._active:
             return
         m, t = self._metrics, self.transport

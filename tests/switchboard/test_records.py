@@ -1,0 +1,496 @@
+"""Call records: the SQLite store, the writer thread, the recorder around a call's handler,
+redaction and retention. Real SQLite files in tmp_path; time from a ManualClock."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from media.clock import ManualClock
+from pipeline.calllog import CallLog
+from pipeline.leg import CallInfo
+from pipeline.metrics import Metrics
+from pipeline.record import REDACTED, redact_digits
+from switchboard.config import ConfigError, RecordsConfig, load_config
+from switchboard.records import open_store
+from switchboard.records.api import parse_query, parse_time
+from switchboard.records.recorder import Recorder, hangup_cause
+from switchboard.records.sqlite import SqliteStore
+from switchboard.records.store import (
+    CallAnswered,
+    CallEnded,
+    CallQuery,
+    CallStarted,
+    Purge,
+    RecordStoreError,
+)
+
+T0 = 1_700_000_000.0  # wall-clock epoch of the fake wall
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Leg:
+    def __init__(self, info: CallInfo) -> None:
+        self.info = info
+
+
+class Echo:
+    """An agent without a call log (like pipeline.echo.EchoHandler)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.digits: list[str] = []
+        self.ended: str | None = None
+
+    async def on_start(self, leg: Any) -> None: ...
+
+    def on_frame(self, pcm: bytes) -> None:
+        self.frames += 1
+
+    def on_dtmf(self, digit: str) -> None:
+        self.digits.append(digit)
+
+    def on_mark(self, mark: str, played: bool) -> None: ...
+
+    async def on_end(self, reason: str) -> None:
+        self.ended = reason
+
+
+class Talker(Echo):
+    """An agent with a call log, as pipeline.conversation.Conversation has."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        super().__init__()
+        self.clock = clock
+        self.calllog: CallLog | None = None
+
+    async def on_start(self, leg: Any) -> None:
+        self.calllog = CallLog(leg.info, self.clock)
+        self.calllog.call_start()
+
+    def turn(self, said: str, heard: str) -> None:
+        assert self.calllog is not None
+        turn = self.calllog.new_turn(self.clock.now())
+        turn.transcript, turn.answer, turn.heard = said, heard, heard
+        turn.timings["response_latency"] = 0.8
+        self.calllog.turn_done(turn, "answered")
+
+    async def on_end(self, reason: str) -> None:
+        assert self.calllog is not None
+        self.calllog.call_end(reason)
+
+
+def info(call_id: str = "c1", **params: str) -> CallInfo:
+    return CallInfo(call_id, "sip", "alice", "bot", params or {"source": "udp:1.2.3.4:5060"})
+
+
+def make(tmp_path: Path, **config: Any) -> tuple[Recorder, ManualClock, Wall, Metrics]:
+    clock, wall, metrics = ManualClock(), Wall(), Metrics()
+    cfg = RecordsConfig(path=str(tmp_path / "calls.db"), **config)
+    rec = Recorder(cfg, agent="echo", metrics=metrics, clock=clock, wall=wall)
+    assert rec.writer.open()
+    rec.writer.start()
+    return rec, clock, wall, metrics
+
+
+def reader(tmp_path: Path) -> SqliteStore:
+    """Another connection, as another process would have."""
+    return SqliteStore(tmp_path / "calls.db", readonly=True)
+
+
+def errors(metrics: Metrics, kind: str) -> float:
+    return metrics.records_write_errors_total.labels(kind)._value.get()
+
+
+# -- redaction ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, want", [
+    ("my card is 4111 1111 1111 1111 thanks", f"my card is {REDACTED} thanks"),
+    ("call me at 555-123-4567", f"call me at {REDACTED}"),
+    ("(555) 123.4567", f"({REDACTED}"),
+    ("pin 1234", f"pin {REDACTED}"),
+    ("3 items in 15 minutes, room 101", "3 items in 15 minutes, room 101"),
+    ("no digits at all", "no digits at all"),
+])
+def test_redact_digit_runs(text: str, want: str) -> None:
+    assert redact_digits(text) == want
+
+
+def longest_digit_run(text: str) -> int:
+    """Digits joined by at most two separators, counted by hand (not by the regex)."""
+    best = run = gap = 0
+    for c in text:
+        if c.isdigit():
+            run = run + 1 if run and gap <= 2 else 1
+            gap = 0
+        elif c in " \t-./()":
+            gap += 1
+        else:
+            run = gap = 0
+        best = max(best, run)
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789 -.()/ab"), max_size=60))
+def test_redaction_leaves_no_run_of_four_digits(text: str) -> None:
+    out = redact_digits(text)
+    assert longest_digit_run(out) < 4
+    if longest_digit_run(text) < 4:
+        assert out == text
+
+
+# -- the store ---------------------------------------------------------------------------
+
+
+def started(uid: str, t: float, **kw: Any) -> CallStarted:
+    fields = dict(uid=uid, call_id=f"call-{uid}", transport="sip", direction="inbound",
+                  caller="alice", callee="bot", agent="echo", node="n:1", started_at=t,
+                  params="{}")
+    fields.update(kw)
+    return CallStarted(**fields)
+
+
+def test_store_uses_wal_and_serves_queries(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "calls.db")
+    assert store.journal_mode == "wal"
+    store.apply([started("a", T0), started("b", T0 + 10, agent="conversation", transport="twilio"),
+                 started("c", T0 + 20), CallAnswered("a", T0 + 1),
+                 CallEnded("a", T0 + 5, "remote_bye", "caller", 0, '{"dtmf": "12"}'),
+                 CallEnded("c", T0 + 25, "shutdown", "shutdown", 0, "{}")])
+    ids = lambda q: [c["id"] for c in store.list_calls(q)]  # noqa: E731
+    assert ids(CallQuery()) == ["c", "b", "a"]  # newest first
+    assert ids(CallQuery(since=T0 + 10)) == ["c", "b"]
+    assert ids(CallQuery(until=T0 + 10)) == ["a"]
+    assert ids(CallQuery(agent="conversation")) == ["b"]
+    assert ids(CallQuery(outcome="shutdown")) == ["c"]
+    assert ids(CallQuery(transport="twilio")) == ["b"]
+    assert ids(CallQuery(limit=1, offset=1)) == ["b"]
+    a = store.get_call("call-a")
+    assert a is not None and a["duration_s"] == 4.0 and a["dtmf"] == "12"
+    assert a["started_at"] == "2023-11-14T22:13:20.000Z" and a["outcome"] == "remote_bye"
+    assert store.get_call("a") == a  # by record id too
+    assert store.get_call("nope") is None
+    store.close()
+
+
+def test_ops_are_idempotent_so_a_failed_batch_can_be_applied_again(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "calls.db")
+    ops = [started("a", T0), CallAnswered("a", T0 + 1)]
+    store.apply(ops)
+    store.apply(ops)
+    assert [c["id"] for c in store.list_calls(CallQuery())] == ["a"]
+
+
+def test_purge_deletes_old_calls_a_bounded_number_at_a_time(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "calls.db")
+    store.apply([started(str(i), T0 + i) for i in range(5)])
+    assert store.apply([Purge(before=T0 + 3, limit=2)]) == 2
+    assert store.apply([Purge(before=T0 + 3, limit=2)]) == 1
+    assert store.apply([Purge(before=T0 + 3, limit=2)]) == 0
+    assert [c["id"] for c in store.list_calls(CallQuery())] == ["4", "3"]
+
+
+def test_a_reader_never_creates_the_database(tmp_path: Path) -> None:
+    with pytest.raises(RecordStoreError) as e:
+        SqliteStore(tmp_path / "none.db", readonly=True)
+    assert e.value.kind == "unavailable"
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_postgres_without_psycopg_is_a_config_error(tmp_path: Path) -> None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("psycopg is installed")
+    cfg = RecordsConfig(backend="postgres", dsn="postgresql://u@h/db")
+    with pytest.raises(ConfigError, match="postgres backend needs the psycopg package"):
+        open_store(cfg)
+    with pytest.raises(ConfigError, match=r"records\.dsn"):
+        load_config(None, env={"SWITCHBOARD_RECORDS__BACKEND": "postgres"})
+
+
+# -- the recorder around a call ------------------------------------------------------------
+
+
+async def test_an_echo_call_leaves_a_record_with_its_dtmf(tmp_path: Path) -> None:
+    rec, clock, wall, _ = make(tmp_path)
+    agent = Echo()
+    handler = rec.wrap(info(), agent)
+    assert rec.writer.flush(5)
+    row = reader(tmp_path).get_call("c1")
+    assert row is not None and row["answered_at"] is None and row["outcome"] is None
+
+    clock.advance(1.0)
+    wall.t += 1.0
+    await handler.on_start(Leg(info()))
+    assert handler.on_frame == agent.on_frame  # the door calls the agent straight
+    handler.on_frame(b"")
+    handler.on_dtmf("5")
+    clock.advance(2.0)
+    handler.on_dtmf("#")
+    wall.t += 3.0
+    await handler.on_end("remote_bye")
+    handler.call_closed("remote_bye")  # the door's last word changes nothing now
+    assert agent.frames == 1 and agent.digits == ["5", "#"] and agent.ended == "remote_bye"
+    assert rec.writer.flush(5)
+
+    row = reader(tmp_path).get_call("c1")
+    assert row is not None
+    assert (row["outcome"], row["cause"], row["dtmf"], row["duration_s"]) == (
+        "remote_bye", "caller", "5#", 3.0)
+    assert [(e["event"], e["digit"], e["t"]) for e in row["events"]] == [
+        ("dtmf", "5", 0.0), ("dtmf", "#", 2.0)]
+    assert row["params"] == {"source": "udp:1.2.3.4:5060"} and row["agent"] == "echo"
+    assert rec.live == {}
+    rec.writer.close()
+
+
+async def test_each_turn_is_written_as_it_completes(tmp_path: Path) -> None:
+    """A crash keeps every completed turn: read from another connection, never ended."""
+    rec, clock, _, _ = make(tmp_path)
+    agent = Talker(clock)
+    handler = rec.wrap(info(), agent)
+    await handler.on_start(Leg(info()))
+    clock.advance(3.0)
+    agent.turn("what are your hours", "We open at nine.")
+    assert agent.calllog is not None
+    agent.calllog.event("barge_in", turn=1, vad_barge_in=True, detect_ms=100, bot_audio=[])
+    rec.tick()
+    assert rec.writer.flush(5)
+
+    row = reader(tmp_path).get_call("c1")
+    assert row is not None and row["ended_at"] is None and row["turn_count"] == 1
+    assert row["transcript"] == [{"role": "caller", "text": "what are your hours"},
+                                 {"role": "bot", "text": "We open at nine."}]
+    assert row["turns"][0]["timings"] == {"response_latency": 0.8}
+    assert [e["event"] for e in row["events"]] == ["call_start", "barge_in"]
+
+    agent.turn("thanks, bye", "Goodbye.")
+    agent.calllog.event("ending", reason="caller_goodbye")
+    await handler.on_end("hangup")
+    assert rec.writer.flush(5)
+    row = reader(tmp_path).get_call("c1")
+    assert row is not None and row["turn_count"] == 2 and row["barge_ins"] == 1
+    assert (row["outcome"], row["cause"]) == ("hangup", "caller_goodbye")
+    assert row["events"][-1]["event"] == "call_end"
+    rec.writer.close()
+
+
+async def test_redaction_of_turns_and_keypad_digits(tmp_path: Path) -> None:
+    rec, clock, _, _ = make(tmp_path, redact_digits=True)
+    agent = Talker(clock)
+    handler = rec.wrap(info(), agent)
+    await handler.on_start(Leg(info()))
+    agent.turn("card 4111 1111 1111 1111 please", "You said 4111-1111-1111-1111.")
+    handler.on_dtmf("7")
+    handler.on_dtmf("#")
+    await handler.on_end("remote_bye")
+    assert rec.writer.flush(5)
+    row = reader(tmp_path).get_call("c1")
+    assert row is not None
+    stored = json.dumps(row)
+    assert "4111" not in stored and '"7"' not in stored
+    assert row["turns"][0]["transcript"] == f"card {REDACTED} please"
+    assert row["dtmf"] == "x#"
+    rec.writer.close()
+
+
+async def test_calls_that_never_started_are_closed_too(tmp_path: Path) -> None:
+    rec, clock, _, _ = make(tmp_path)
+    no_ack = rec.wrap(info("no-ack"), Echo())
+    no_ack.call_closed("ack_timeout")  # SIP: 200 OK sent, the ACK never came
+    rec.wrap(info("cancelled"), Echo())  # a CANCEL while ringing: nobody says a word
+    clock.advance(rec.abandon_s)
+    rec.tick()
+    assert rec.writer.flush(5)
+    store = reader(tmp_path)
+    outcomes = {c["call_id"]: (c["outcome"], c["answered_at"])
+                for c in store.list_calls(CallQuery())}
+    assert outcomes == {"no-ack": ("ack_timeout", None), "cancelled": ("not_answered", None)}
+    rec.writer.close()
+
+
+async def test_retention_purges_from_the_tick(tmp_path: Path) -> None:
+    rec, _, wall, _ = make(tmp_path, retention_days=1)
+    rec.purge_limit = 1
+    for n in range(3):
+        rec.wrap(info(f"old{n}"), Echo()).call_closed("remote_bye")
+    wall.t += 2 * 86400
+    rec.wrap(info("new"), Echo()).call_closed("remote_bye")
+    rec.tick()  # due at once (_next_purge is 0 before start): deletes one, a full batch
+    assert rec.writer.flush(5)
+    rec.tick()  # a full batch last time: again at once
+    assert rec.writer.flush(5)
+    left = {c["call_id"] for c in reader(tmp_path).list_calls(CallQuery())}
+    assert left == {"old2", "new"}
+    rec.writer.close()
+
+
+# -- the database says no ------------------------------------------------------------------
+
+
+async def test_a_locked_database_is_counted_and_the_record_written_later(tmp_path: Path) -> None:
+    clock, wall, metrics = ManualClock(), Wall(), Metrics()
+    cfg = RecordsConfig(path=str(tmp_path / "calls.db"))
+    rec = Recorder(cfg, agent="echo", metrics=metrics, clock=clock, wall=wall,
+                   open_writer_store=lambda: open_store(cfg, busy_timeout=0.05))
+    assert rec.writer.open()
+    rec.writer.start()
+    other = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    agent = Echo()
+    handler = rec.wrap(info(), agent)
+    await handler.on_start(Leg(info()))
+    assert rec.writer.failed.wait(10)
+    handler.on_frame(b"")  # the call goes on
+    handler.on_dtmf("1")
+    await handler.on_end("remote_bye")
+    assert agent.frames == 1 and agent.ended == "remote_bye"
+    assert errors(metrics, "locked") >= 1 and rec.writer.failing == "locked"
+    assert rec.writer.pending >= 3
+
+    other.execute("ROLLBACK")
+    other.close()
+    assert rec.writer.flush(10)
+    assert rec.writer.failing is None and rec.writer.pending == 0
+    row = reader(tmp_path).get_call("c1")
+    assert row is not None and row["outcome"] == "remote_bye" and row["dtmf"] == "1"
+    rec.writer.close()
+
+
+def test_a_full_disk_is_counted_and_the_writes_kept(tmp_path: Path) -> None:
+    stores: list[SqliteStore] = []
+
+    def tiny() -> SqliteStore:
+        store = SqliteStore(tmp_path / "calls.db")
+        store._db.execute("PRAGMA max_page_count = 6")  # a disk with no room left
+        stores.append(store)
+        return store
+
+    metrics = Metrics()
+    from switchboard.records.writer import RecordWriter
+
+    writer = RecordWriter(tiny, metrics=metrics, retry_min=0.01, retry_max=0.05)
+    writer.start()
+    big = json.dumps({"x": "y" * 20000})
+    writer.submit(started("a", T0, params=big))
+    assert writer.failed.wait(10)
+    assert writer.failing == "disk_full" and errors(metrics, "disk_full") >= 1
+    stores[0]._db.execute("PRAGMA max_page_count = 100000")  # room again
+    assert writer.flush(10)
+    assert [c["id"] for c in reader(tmp_path).list_calls(CallQuery())] == ["a"]
+    assert writer.close() == 0
+
+
+def test_the_queue_is_bounded_but_keeps_every_call_row(tmp_path: Path) -> None:
+    metrics = Metrics()
+    from switchboard.records.store import TurnSaved
+    from switchboard.records.writer import RecordWriter
+
+    writer = RecordWriter(lambda: SqliteStore(tmp_path / "calls.db"), metrics=metrics,
+                          max_pending=2)  # not started: nothing is written yet
+    writer.submit(started("a", T0))
+    writer.submit(TurnSaved("a", 1, "{}"))
+    writer.submit(TurnSaved("a", 2, "{}"))  # over the bound: dropped, counted
+    writer.submit(CallEnded("a", T0 + 1, "remote_bye", "caller", 2, "{}"))  # always kept
+    assert writer.pending == 3 and errors(metrics, "overflow") == 1
+    writer.start()
+    assert writer.flush(10)
+    row = reader(tmp_path).get_call("a")
+    assert row is not None and row["outcome"] == "remote_bye" and len(row["turns"]) == 1
+    writer.close()
+
+
+# -- a real crash --------------------------------------------------------------------------
+
+CRASHER = textwrap.dedent("""
+    import asyncio, sys
+    from media.clock import ManualClock
+    from pipeline.metrics import Metrics
+    from switchboard.config import RecordsConfig
+    from switchboard.records.recorder import Recorder
+    from tests.switchboard.test_records import Leg, Talker, info
+
+    async def main():
+        clock = ManualClock()
+        rec = Recorder(RecordsConfig(path=sys.argv[1]), agent="conversation",
+                       metrics=Metrics(), clock=clock)
+        rec.writer.open()
+        rec.writer.start()
+        agent = Talker(clock)
+        handler = rec.wrap(info(), agent)
+        await handler.on_start(Leg(info()))
+        agent.turn("is anyone there", "Yes, I am here.")
+        rec.tick()
+        assert rec.writer.flush(10)
+        agent.turn("this turn is never collected", "lost")
+        print("turn written", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+""")
+
+
+def test_a_killed_process_leaves_its_call_up_to_the_last_turn(tmp_path: Path) -> None:
+    db = tmp_path / "calls.db"
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(db)], cwd=root,
+                            stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "turn written"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    row = SqliteStore(db, readonly=True).get_call("c1")
+    assert row is not None and row["ended_at"] is None and row["outcome"] is None
+    assert [t["transcript"] for t in row["turns"]] == ["is anyone there"]
+
+
+# -- small parts --------------------------------------------------------------------------
+
+
+def test_hangup_cause() -> None:
+    assert hangup_cause("remote_bye", None) == "caller"
+    assert hangup_cause("hangup", "silence") == "silence"
+    assert hangup_cause("media_timeout", None) == "media_timeout"
+
+
+def test_query_parameters() -> None:
+    q = parse_query({"since": "2023-11-14T22:13:20Z", "until": "1700000100", "agent": "echo",
+                     "limit": "10", "offset": "5"})
+    assert (q.since, q.until, q.agent, q.limit, q.offset) == (T0, T0 + 100, "echo", 10, 5)
+    assert parse_time("2023-11-14T22:13:20") == T0  # no zone: UTC
+    assert parse_time("2023-11-15T00:13:20+02:00") == T0
+    for params, message in [({"since": "yesterday"}, "since: 'yesterday' is neither"),
+                            ({"limit": "0"}, "limit must be 1..1000"),
+                            ({"limit": "x"}, "limit must be an integer"),
+                            ({"until": "nan"}, "until: 'nan' is not a time"),
+                            ({"caller": "x"}, "unknown parameters ['caller']")]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
+            parse_query(params)
