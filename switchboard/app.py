@@ -19,6 +19,8 @@ from switchboard.agents import Agents
 from switchboard.config import Config, SipConfig
 from switchboard.dial import OutboundCalls
 from switchboard.http import add_call_routes, build_http_app
+from switchboard.records.api import RecordsHttp
+from switchboard.records.recorder import Recorder
 
 log = logging.getLogger("switchboard")
 
@@ -32,6 +34,7 @@ class Switchboard:
         self.http_app = build_http_app(self.metrics, self.readiness)
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()  # a second SIGTERM: end calls without waiting
         self._ready = False
         self.pacer: Pacer | None = None
         self.sip: SipServer | None = None
@@ -41,7 +44,12 @@ class Switchboard:
         self.outbound = OutboundCalls(config.sip, handler_for=self.handler_for,
                                       default_agent=config.agent, clock=self.clock,
                                       metrics=self.metrics)
-        add_call_routes(self.http_app, self.outbound)
+        # Call records (switchboard.records): handler_for wraps every call's handler;
+        # GET /calls and GET /calls/{id} serve them.
+        self.records = (Recorder(config.records, agent=config.agent, metrics=self.metrics,
+                                 clock=self.clock) if config.records.enabled else None)
+        add_call_routes(self.http_app, self.outbound,
+                        RecordsHttp(self.records) if self.records is not None else None)
         # Media-stream doors (streams/): Twilio and FreeSWITCH routes on this HTTP app;
         # the AudioSocket server starts, and calls are taken, once the pacer runs.
         self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,
@@ -51,15 +59,18 @@ class Switchboard:
     def handler_for(self, info: CallInfo) -> CallHandler:
         """The CallHandler that answers a call, by config.agent (every door uses this)."""
         try:
-            return self.agents.make_handler(info)
+            handler = self.agents.make_handler(info)
         except Exception as e:  # engines not loaded, or failed: refuse, don't crash the door
             log.warning("call %s refused with 503: %s", info.call_id, e,
                         extra={"call_id": info.call_id})
             raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
+        return self.records.wrap(info, handler) if self.records is not None else handler
 
     def readiness(self) -> dict[str, object]:
         state: dict[str, object] = {**self.agents.readiness(), "agent": self.config.agent,
                                     **self.outbound.readiness()}
+        if self.records is not None:
+            state.update(self.records.readiness())
         state["ready"] = self._ready and bool(state.get("ready", True))
         return state
 
@@ -72,6 +83,8 @@ class Switchboard:
         log.info("HTTP listening on %s:%d (/metrics, /healthz, /readyz)", http.listen, http.port)
         # Models load once per process, before the first call can arrive (seconds).
         await self.agents.start()
+        if self.records is not None:
+            await self.records.start()  # before the doors: the first call gets its row
         self.pacer = Pacer(self.clock, on_lateness=self.metrics.pacer_lateness_seconds.observe,
                            on_skipped=self.metrics.pacer_skipped_ticks_total.inc)
         self.pacer.start()
@@ -100,11 +113,14 @@ class Switchboard:
             self._lag_probe.cancel()
             await asyncio.gather(self._lag_probe, return_exceptions=True)
             self._lag_probe = None
+        await self._drain()
         if self.sip is not None:
             await self.outbound.stop()  # unregister and CANCEL while the socket is open
             await self.sip.stop()  # 503 to new calls, BYE to calls in progress
             self.sip = None
         await self.streams.stop()  # refuse new streams, close live ones, stop AudioSocket
+        if self.records is not None:
+            await self.records.stop()  # the calls have ended: write their last rows
         if self.pacer is not None:
             await self.pacer.stop()
             self.pacer = None
@@ -114,7 +130,35 @@ class Switchboard:
             self._runner = None
         log.info("stopped")
 
+    async def _drain(self) -> None:
+        """Graceful shutdown, first part: refuse new calls at once (SIP INVITE and OPTIONS
+        get 503, new streams are refused) and let the calls in progress end by themselves
+        for up to shutdown_drain_seconds, or until a second signal. stop() then ends
+        whatever is left politely (BYE, stream close)."""
+        if self.sip is not None:
+            self.sip.endpoint.stop_accepting()
+        self.streams.ctx.accepting = False
+        seconds = self.config.shutdown_drain_seconds
+        deadline = self.clock.now() + seconds
+        if busy := self._calls_in_progress():
+            log.info("draining: %d calls in progress, up to %.0f s", busy, seconds)
+        while (busy := self._calls_in_progress()) and not self._hurry.is_set():
+            now = self.clock.now()
+            if now >= deadline:
+                log.info("drain time over: ending %d calls", busy)
+                return
+            await self.clock.sleep_until(min(deadline, now + 0.1))
+
+    def _calls_in_progress(self) -> int:
+        busy = len(self.streams.ctx.legs)
+        if self.sip is not None:
+            busy += self.sip.endpoint.load  # answered calls and INVITEs being answered
+        return busy
+
     def request_stop(self) -> None:
+        if self._stopping.is_set():
+            self._hurry.set()  # asked twice: do not wait for the calls in progress
+        self._ready = False  # /readyz says no at once
         self._stopping.set()
 
     async def run_until_stopped(self) -> None:

@@ -11,6 +11,7 @@ from switchboard import __version__
 from switchboard.config import Config, ConfigError, load_config
 from switchboard.dial import add_call_command
 from switchboard.logs import setup_logging
+from switchboard.records.cli import add_calls_command
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -33,7 +34,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(config.model_dump_json(indent=2, exclude={"sip": {"trunk": {"password"}},
-                                                    "llm": {"api_key"}}))
+                                                    "llm": {"api_key"},
+                                                    "records": {"dsn"}}))
     print("configuration OK", file=sys.stderr)
     return 0
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check_config)
 
     add_call_command(sub)  # `switchboard call <sip-uri> --play in.wav ...` (switchboard.dial)
+    add_calls_command(sub)  # `switchboard calls [id]`: call records (switchboard.records)
     return parser
 
 

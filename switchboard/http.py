@@ -4,6 +4,9 @@ The outbound-call API (add_call_routes), for an operator or a CRM placing calls:
   POST /calls {"to": "sip:..." | "+1555...", "agent": "echo" | "conversation"?}
        -> 202 {"call_id", "to", "state"}; 400 bad input; 503 at the call limit
   GET  /calls/{call_id} -> {"call_id", "state", "status", "setup_time_s", ...}; 404
+       With call records (switchboard.records), GET /calls lists records and GET
+       /calls/{call_id} answers for any call: its record, with an outbound call's live
+       fields ("state", "status", ...) on top while the outbound API knows it.
   POST /calls/{call_id}/transfer {"target": "sip:..."} -> 200 once the target answered;
        404 unknown call, 409 call over, 502 transfer refused or failed (with its status)
 """
@@ -11,7 +14,7 @@ The outbound-call API (add_call_routes), for an operator or a CRM placing calls:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -59,6 +62,14 @@ class CallsApi(Protocol):
     async def transfer_call(self, call_id: str, target: str) -> dict[str, Any]: ...
 
 
+class RecordsApi(Protocol):
+    """Call records (switchboard.records.api.RecordsHttp); raise ApiError (400, 503)."""
+
+    async def list_records(self, params: Mapping[str, str]) -> dict[str, Any]: ...
+
+    async def get_record(self, call_id: str) -> dict[str, Any] | None: ...
+
+
 async def _json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json(loads=json.loads)
@@ -80,8 +91,10 @@ def _string(body: dict[str, Any], key: str, *, required: bool) -> str | None:
     return value.strip()
 
 
-def add_call_routes(app: web.Application, api: CallsApi) -> None:
-    """POST /calls, GET /calls/{call_id}, POST /calls/{call_id}/transfer."""
+def add_call_routes(app: web.Application, api: CallsApi,
+                    records: RecordsApi | None = None) -> None:
+    """POST /calls, GET /calls/{call_id}, POST /calls/{call_id}/transfer; with records,
+    GET /calls too."""
 
     def error(e: ApiError) -> web.Response:
         return web.json_response({"error": e.message, **e.fields}, status=e.status)
@@ -100,8 +113,29 @@ def add_call_routes(app: web.Application, api: CallsApi) -> None:
         return web.json_response(result, status=202)
 
     async def status(request: web.Request) -> web.Response:
+        call_id = request.match_info["call_id"]
         try:
-            return web.json_response(api.call_status(request.match_info["call_id"]))
+            live: dict[str, Any] | None = api.call_status(call_id)
+        except ApiError as e:
+            if e.status != 404 or records is None:
+                return error(e)
+            live = None
+        record = None
+        if records is not None:
+            try:
+                record = await records.get_record(call_id)
+            except ApiError as e:
+                if live is None:
+                    return error(e)
+        if record is None and live is None:
+            return error(ApiError(404, f"no call {call_id!r}"))
+        # The outbound API's live fields keep their names (state, status, end_reason).
+        return web.json_response({**(record or {}), **(live or {})})
+
+    async def listing(request: web.Request) -> web.Response:
+        assert records is not None
+        try:
+            return web.json_response(await records.list_records(request.query))
         except ApiError as e:
             return error(e)
 
@@ -115,5 +149,7 @@ def add_call_routes(app: web.Application, api: CallsApi) -> None:
         return web.json_response(result)
 
     app.router.add_post("/calls", place)
+    if records is not None:
+        app.router.add_get("/calls", listing)
     app.router.add_get("/calls/{call_id}", status)
     app.router.add_post("/calls/{call_id}/transfer", transfer)
