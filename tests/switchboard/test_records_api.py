@@ -326,3 +326,68 @@ def test_sigterm_ends_calls_politely_when_the_drain_time_is_over(tmp_path: Path)
         assert "drain time over: ending 1 calls" in server.log()
     calls = SqliteStore(db, readonly=True).list_calls(CallQuery())
     assert [(c["outcome"], c["cause"]) for c in calls] == [("shutdown", "shutdown")]
+
+
+def test_stream_doors_leave_records_too(tmp_path: Path) -> None:
+    import asyncio
+
+    from tests.streams.test_app import CALL, _audiosocket_call, _twilio_call
+
+    db, as_port = tmp_path / "calls.db", free_port()
+    env = env_for(db, 44000, SWITCHBOARD_STREAMS__AUDIOSOCKET__ENABLED="true",
+                  SWITCHBOARD_STREAMS__AUDIOSOCKET__LISTEN="127.0.0.1",
+                  SWITCHBOARD_STREAMS__AUDIOSOCKET__PORT=str(as_port))
+    with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+        assert asyncio.run(_twilio_call(server.http_port))
+        assert asyncio.run(_audiosocket_call(as_port))
+
+        def ended() -> dict[str, dict[str, Any]]:
+            calls = {c["transport"]: c for c in get(server, "/calls")[1]["calls"]}
+            return calls if len(calls) == 2 and all(c["outcome"] for c in calls.values()) \
+                else {}
+
+        calls = wait_for("two ended stream records", ended)
+        assert calls["twilio"]["call_id"] == CALL
+        assert (calls["twilio"]["outcome"], calls["twilio"]["cause"]) == ("remote_stop", "caller")
+        assert calls["audiosocket"]["outcome"] == "remote_hangup"
+        assert all(c["answered_at"] and c["agent"] == "echo" for c in calls.values())
+        code, twilio = get(server, "/calls?transport=twilio")
+        assert code == 200 and [c["call_id"] for c in twilio["calls"]] == [CALL]
+
+
+@pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
+                    reason="espeak-ng and sox make the spoken question")
+def test_a_conversation_call_records_each_turn(tmp_path: Path) -> None:
+    """The real conversation agent on the packaged models: its CallLog's turns, timings
+    and events end up in the record."""
+    from tests.sip.test_conversation_call import say
+
+    question = tmp_path / "question.wav"
+    say(question, "What time do you open on Saturday?", lead_s=4.0)  # after the greeting
+    db = tmp_path / "calls.db"
+    with switchboard(tmp_path, env=env_for(db, 44200)) as server:
+        out = subprocess.run([EXE, "call", f"sip:bot@127.0.0.1:{server.sip_port}",
+                              "--play", str(question), "--tail", "8"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        call_id = json.loads(out.stdout)["call_id"]
+
+        def ended() -> dict[str, Any] | None:
+            code, call = get(server, f"/calls/{call_id}")
+            return call if code == 200 and call["outcome"] else None
+
+        call = wait_for("the conversation's record", ended)
+    assert (call["agent"], call["outcome"], call["cause"]) == ("conversation", "remote_bye",
+                                                               "caller")
+    assert call["turn_count"] >= 1 and len(call["turns"]) == call["turn_count"]
+    first = call["turns"][0]
+    assert "saturday" in first["transcript"].lower(), first
+    assert {"speech", "asr"} <= set(first["timings"]), first
+    assert call["transcript"][0] == {"role": "caller", "text": first["transcript"]}
+    kinds = [e["event"] for e in call["events"]]
+    assert kinds[0] == "call_start" and "speech_end" in kinds and kinds[-1] == "call_end"
+    assert {"event": "say", "phrase": "greeting"}.items() <= next(
+        e for e in call["events"] if e["event"] == "say").items()
+    shown = calls_command(db, call_id)
+    assert shown.returncode == 0 and "turn 1 [" in shown.stdout, shown.stdout + shown.stderr
+    assert first["transcript"] in shown.stdout
