@@ -28,6 +28,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from media.clock import Clock
@@ -235,8 +236,9 @@ class Recorder:
         self.clock = clock
         self.wall = wall
         self.node = f"{socket.gethostname()}:{os.getpid()}"
+        spill = Path(config.path + ".unsaved.jsonl") if config.backend == "sqlite" else None
         self.writer = RecordWriter(open_writer_store or (lambda: open_store(config)),
-                                   metrics=metrics)
+                                   metrics=metrics, spill_path=spill)
         self.live: dict[str, CallRecording] = {}
         self.tick_s, self.abandon_s = tick_s, abandon_s
         self.purge_every_s, self.purge_limit = purge_every_s, purge_limit

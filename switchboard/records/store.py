@@ -12,6 +12,7 @@ event times inside a record stay call-relative, as the call log made them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +30,8 @@ __all__ = [
     "RecordStoreError",
     "TurnSaved",
     "iso",
+    "op_from_json",
+    "op_to_json",
 ]
 
 # Bounded `kind` label of records_write_errors_total.
@@ -98,6 +101,28 @@ class Purge:
 
 
 Op = CallStarted | CallAnswered | TurnSaved | EventsSaved | CallEnded | Purge
+_OPS: dict[str, type[Op]] = {t.__name__: t for t in (CallStarted, CallAnswered, TurnSaved,
+                                                    EventsSaved, CallEnded, Purge)}
+
+
+def op_to_json(op: Op) -> str:
+    """One op as a JSON line (writes kept in a file when the database is out of reach)."""
+    fields = {name: getattr(op, name) for name in op.__dataclass_fields__}
+    return json.dumps({"op": type(op).__name__, **fields}, separators=(",", ":"))
+
+
+def op_from_json(line: str) -> Op:
+    """The op of op_to_json; ValueError for anything else."""
+    data = json.loads(line)
+    if not isinstance(data, dict) or data.get("op") not in _OPS:
+        raise ValueError(f"not a call-record write: {line[:80]!r}")
+    kind = _OPS[data.pop("op")]
+    if kind is EventsSaved:
+        data["rows"] = tuple(tuple(row) for row in data.get("rows", ()))
+    try:
+        return kind(**data)
+    except TypeError as e:
+        raise ValueError(f"bad {kind.__name__}: {e}") from None
 
 
 # -- reads ------------------------------------------------------------------------------

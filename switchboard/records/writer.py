@@ -15,11 +15,13 @@ still has its row once the database is back.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
+from pathlib import Path
 
 from pipeline.metrics import Metrics
 from switchboard.records.store import (
@@ -30,6 +32,8 @@ from switchboard.records.store import (
     Purge,
     RecordStore,
     RecordStoreError,
+    op_from_json,
+    op_to_json,
 )
 
 __all__ = ["RecordWriter"]
@@ -49,8 +53,11 @@ class RecordWriter:
         batch: int = 500,
         retry_min: float = 0.5,
         retry_max: float = 10.0,
+        spill_path: Path | None = None,
     ) -> None:
         self._open_store = open_store
+        self.spill_path = spill_path  # writes still unsaved at close go here, for next time
+        self._spill_done_at: int | None = None  # _done once the loaded spill is written
         self._metrics = metrics
         self.max_pending = max_pending
         self.batch = batch
@@ -73,7 +80,9 @@ class RecordWriter:
     # -- the event loop's side ---------------------------------------------------------
 
     def open(self) -> bool:
-        """Open the store now (blocking); on failure the first write tries again."""
+        """Load what the last run could not save, and open the store (blocking); on
+        failure the first write tries again."""
+        self._load_spill()
         try:
             self._store = self._open_store()
         except RecordStoreError as exc:
@@ -130,13 +139,49 @@ class RecordWriter:
             self._thread.join(timeout=max(timeout, 1.0))
             self._thread = None
         lost = len(self._pending)
-        if lost:
+        if lost and self._spill(list(self._pending)):
+            lost = 0
+        elif lost:
             log.error("call records: %d writes could not be saved at shutdown (%s)", lost,
                       self.failing or "timeout")
         if self._store is not None:
             self._store.close()
             self._store = None
         return lost
+
+    # -- writes kept in a file across a restart -------------------------------------------
+
+    def _spill(self, ops: list[Op]) -> bool:
+        path = self.spill_path
+        if path is None:
+            return False
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text("".join(op_to_json(op) + "\n" for op in ops), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.error("call records: %d writes lost: the database (%s) and %s both "
+                      "failed: %s", len(ops), self.failing or "timeout", path, exc)
+            return False
+        log.error("call records: %d writes could not be saved at shutdown (%s); kept in %s "
+                  "and written at the next start", len(ops), self.failing or "timeout", path)
+        return True
+
+    def _load_spill(self) -> None:
+        path = self.spill_path
+        if path is None or not path.exists():
+            return
+        try:
+            ops = [op_from_json(line) for line in path.read_text(encoding="utf-8").splitlines()
+                   if line.strip()]
+        except (OSError, ValueError) as exc:
+            log.error("call records: cannot read %s (%s); left as it is", path, exc)
+            return
+        with self._cond:
+            self._pending.extendleft(reversed(ops))  # older than anything of this run
+            self._submitted += len(ops)
+            self._spill_done_at = self._done + len(ops)
+        log.info("call records: %d writes kept at the last shutdown go first", len(ops))
 
     # -- the thread ---------------------------------------------------------------------
 
@@ -198,6 +243,10 @@ class RecordWriter:
         if recovered is not None:
             log.info("call records: writing again after %s", recovered)
             self._logged.clear()
+        if self._spill_done_at is not None and self._done >= self._spill_done_at:
+            self._spill_done_at = None
+            assert self.spill_path is not None
+            self.spill_path.unlink(missing_ok=True)  # all in the database now
 
     def _failed(self, exc: RecordStoreError) -> None:
         self._count_error(exc.kind, str(exc))

@@ -423,6 +423,51 @@ def test_the_queue_is_bounded_but_keeps_every_call_row(tmp_path: Path) -> None:
     writer.close()
 
 
+def test_writes_unsaved_at_shutdown_are_kept_for_the_next_start(tmp_path: Path) -> None:
+    from switchboard.records.store import EventsSaved, TurnSaved
+    from switchboard.records.writer import RecordWriter
+
+    db, spill = tmp_path / "calls.db", tmp_path / "calls.db.unsaved.jsonl"
+    SqliteStore(db).close()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # locked for the whole of the first run
+    first = RecordWriter(lambda: SqliteStore(db, busy_timeout=0.05), metrics=Metrics(),
+                         spill_path=spill)
+    first.open()
+    first.start()
+    ops = [started("a", T0), EventsSaved("a", ((0, 0.5, "dtmf", '{"digit":"1"}'),)),
+           TurnSaved("a", 1, '{"transcript":"hi"}'),
+           CallEnded("a", T0 + 2, "remote_bye", "caller", 1, "{}")]
+    for op in ops:
+        first.submit(op)
+    assert first.close(timeout=0.3) == 0  # nothing lost: kept in the file
+    assert spill.exists() and len(spill.read_text().splitlines()) == 4
+    other.execute("ROLLBACK")
+    other.close()
+
+    second = RecordWriter(lambda: SqliteStore(db), metrics=Metrics(), spill_path=spill)
+    assert second.open()
+    second.start()
+    assert second.flush(10)
+    row = reader(tmp_path).get_call("call-a")
+    assert row is not None and row["outcome"] == "remote_bye" and row["turns"] == [
+        {"transcript": "hi"}] and row["events"][0]["digit"] == "1"
+    assert not spill.exists()
+    second.close()
+
+
+def test_every_op_survives_its_json_line() -> None:
+    from switchboard.records.store import EventsSaved, TurnSaved, op_from_json, op_to_json
+
+    for op in (started("a", T0), CallAnswered("a", T0), TurnSaved("a", 2, "{}"),
+               EventsSaved("a", ((1, 0.25, "dtmf", "{}"),)), Purge(T0, 5),
+               CallEnded("a", T0, "hangup", "silence", 3, "{}")):
+        assert op_from_json(op_to_json(op)) == op
+    for bad in ('{"op": "Nope"}', "[]", '{"op": "Purge", "before": 1}'):
+        with pytest.raises(ValueError):
+            op_from_json(bad)
+
+
 # -- a real crash --------------------------------------------------------------------------
 
 CRASHER = textwrap.dedent("""
