@@ -3,6 +3,7 @@ redaction and retention. Real SQLite files in tmp_path; time from a ManualClock.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -36,6 +37,8 @@ from switchboard.records.store import (
     RecordStoreError,
 )
 
+without_psycopg = pytest.mark.skipif(importlib.util.find_spec("psycopg") is not None,
+                                     reason="psycopg is installed")
 T0 = 1_700_000_000.0  # wall-clock epoch of the fake wall
 
 
@@ -217,13 +220,8 @@ def test_a_reader_never_creates_the_database(tmp_path: Path) -> None:
     assert not (tmp_path / "none.db").exists()
 
 
+@without_psycopg
 def test_postgres_without_psycopg_is_a_config_error(tmp_path: Path) -> None:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("psycopg is installed")
     cfg = RecordsConfig(backend="postgres", dsn="postgresql://u@h/db")
     with pytest.raises(ConfigError, match="postgres backend needs the psycopg package"):
         open_store(cfg)
@@ -539,3 +537,21 @@ def test_query_parameters() -> None:
                             ({"caller": "x"}, "unknown parameters ['caller']")]:
         with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
             parse_query(params)
+
+
+@without_psycopg
+def test_the_commands_refuse_postgres_without_psycopg_and_never_print_the_dsn(
+        tmp_path: Path) -> None:
+    from tests.helpers import EXE
+
+    env = {**os.environ, "SWITCHBOARD_RECORDS__BACKEND": "postgres",
+           "SWITCHBOARD_RECORDS__DSN": "postgresql://u:s3cret@db.example/calls",
+           "SWITCHBOARD_HTTP__PORT": "1", "SWITCHBOARD_SIP__PORT": "1"}
+    check = subprocess.run([EXE, "check-config"], capture_output=True, text=True, timeout=60,
+                           env=env)
+    assert check.returncode == 0 and "s3cret" not in check.stdout + check.stderr
+    for args in (["serve", "--agent", "echo"], ["calls"]):
+        out = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=60, env=env,
+                             cwd=tmp_path)
+        assert out.returncode == 2, (args, out.stderr)
+        assert "needs the psycopg package" in out.stderr and "s3cret" not in out.stderr
