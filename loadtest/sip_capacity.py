@@ -141,11 +141,14 @@ def scenario_for(codec: str, workdir: Path) -> Path:
     return path
 
 
-def server_config(settings: RunSettings, sip_port: int, http_port: int) -> str:
+def server_config(settings: RunSettings, sip_port: int, http_port: int, workdir: Path) -> str:
+    """The echo agent, UDP only, room for the run's calls; call records (on by default)
+    go to the run's folder instead of ./switchboard-calls.db."""
     low, high = settings.port_range()
     return (
         "agent: echo\n"
         "log: {level: WARNING}\n"
+        f"records: {{path: {json.dumps(str(workdir / 'calls.db'))}}}\n"
         f"http: {{listen: 127.0.0.1, port: {http_port}}}\n"
         f"sip: {{listen: 127.0.0.1, port: {sip_port}, transports: [udp], "
         f"codecs: [{settings.codec}], max_calls: {settings.calls + 10}, "
@@ -191,7 +194,7 @@ def local_server(settings: RunSettings, workdir: Path) -> Iterator[tuple[int, st
     """`switchboard serve` sized for the run: yields (pid, SIP target, HTTP port)."""
     sip_port, http_port = free_udp_port(), free_udp_port()
     config = workdir / "switchboard.yaml"
-    config.write_text(server_config(settings, sip_port, http_port))
+    config.write_text(server_config(settings, sip_port, http_port, workdir))
     log = (workdir / "switchboard.log").open("w")
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWITCHBOARD_")}
     nice = ["nice", "-n", str(settings.nice)] if settings.nice else []  # nice execs: same pid

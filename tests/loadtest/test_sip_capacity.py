@@ -167,8 +167,9 @@ def test_settings_window_rate_and_ports() -> None:
 def test_server_config_is_valid_switchboard_config(tmp_path: Path) -> None:
     s = RunSettings(calls=300, hold=60, rate=20, codec="PCMA")
     path = tmp_path / "c.yaml"
-    path.write_text(server_config(s, 5070, 8081))
+    path.write_text(server_config(s, 5070, 8081, tmp_path / "a b"))
     config = load_config(path, env={})
+    assert config.records.path == str(tmp_path / "a b" / "calls.db")
     assert config.agent == "echo" and config.log.level == "WARNING"
     assert config.sip.max_calls >= 300 and config.sip.codecs == ["PCMA"]
     assert (config.sip.rtp_port_min, config.sip.rtp_port_max) == s.port_range()
