@@ -372,6 +372,7 @@ def run(settings: RunSettings, workdir: Path) -> dict[str, Any]:
             "codec": settings.codec, "target": settings.target or "local switchboard serve",
             "rtp_ports": list(ports), "cpus": os.cpu_count(), "server_nice": settings.nice,
             "loadavg": Path("/proc/loadavg").read_text().split()[:3],
+            "code": _code_version(),
         },
         "calls": calls,
         "server_calls": {
@@ -406,6 +407,19 @@ def run(settings: RunSettings, workdir: Path) -> dict[str, Any]:
         "metrics_scrapes_failed": failed_scrapes,
         "held": held,
     }
+
+
+def _code_version() -> str | None:
+    """The checkout's commit, "+dirty" when the working tree differs from it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                              capture_output=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, text=True, capture_output=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty.strip() else "")
 
 
 def _rate(snapshot: dict[str, float], name: str, seconds: float) -> float | None:
