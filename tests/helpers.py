@@ -60,7 +60,12 @@ def switchboard(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
     http_port, sip_port = free_port(), free_port()
     full_env = {**os.environ, "SWITCHBOARD_HTTP__PORT": str(http_port),
                 "SWITCHBOARD_HTTP__LISTEN": "127.0.0.1", "SWITCHBOARD_SIP__PORT": str(sip_port),
-                "SWITCHBOARD_SIP__LISTEN": "127.0.0.1", **(env or {})}
+                "SWITCHBOARD_SIP__LISTEN": "127.0.0.1",
+                # Tests stop servers with calls up; they expect a prompt BYE, not a drain.
+                "SWITCHBOARD_SHUTDOWN_DRAIN_SECONDS": "0",
+                # Keep each server's call records in its own temp dir, not the checkout.
+                "SWITCHBOARD_RECORDS__PATH": str(tmp_path / f"calls-{sip_port}.db"),
+                **(env or {})}
     log_path = tmp_path / f"switchboard-{sip_port}.log"
     logf = log_path.open("w")
     proc = subprocess.Popen([EXE, "serve", *args], env=full_env, stdout=logf,
