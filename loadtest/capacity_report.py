@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
@@ -50,12 +50,31 @@ def parse_machine_stat(text: str, clk_tck: int) -> tuple[float, float]:
     return (sum(values) - values[3] - values[4]) / clk_tck, sum(values) / clk_tck
 
 
+def udp_socket_drops(text: str, ports: tuple[int, int]) -> dict[int, int]:
+    """Datagrams the kernel dropped per UDP socket (by inode) whose local port is in
+    `ports`, from /proc/net/udp: a full receive buffer, i.e. a reader that fell behind."""
+    out: dict[int, int] = {}
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 13 or ":" not in fields[1]:
+            continue
+        try:
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            inode, drops = int(fields[9]), int(fields[12])
+        except ValueError:
+            raise StatsError(f"not a /proc/net/udp line: {line[:80]!r}") from None
+        if ports[0] <= port <= ports[1]:
+            out[inode] = drops
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Sample:
     at: float  # monotonic seconds
     cpu: dict[str, float | None]  # CPU seconds by role (None: the process was gone)
     machine: tuple[float, float]  # busy, total
     metrics: dict[str, float]  # a Prometheus snapshot
+    udp_drops: dict[int, int] = field(default_factory=dict)  # per socket, udp_socket_drops
 
 
 def cpu_usage(first: Sample, last: Sample, cores: int) -> dict[str, float | None]:
@@ -236,6 +255,7 @@ def render(report: dict[str, Any]) -> str:
         ("server RTP in / out", _slash(rtp["server_in"], rtp["server_out"])),
         ("server RTP in: lost / late / concealed",
          _slash(rtp["server_in_lost"], rtp["server_late"], rtp["server_concealed"])),
+        ("server RTP sockets: datagrams dropped (window)", rtp.get("server_socket_drops")),
         ("RTP out captured / lost / capture drops",
          _slash(rtp["captured_out"], rtp["captured_out_lost"], rtp["capture_dropped"])),
         ("out interval jitter ms p50 / p95 / p99 / max",

@@ -63,6 +63,7 @@ from loadtest.capacity_report import (
     render,
     render_series,
     total,
+    udp_socket_drops,
 )
 from loadtest.pcap import pcm_to_rtp, read_pcap, write_rtp_pcap
 from loadtest.rtp_intervals import IntervalAnalyzer
@@ -272,11 +273,13 @@ def scrape(url: str | None) -> dict[str, float]:
         return {}
 
 
-def take_sample(pids: dict[str, int], metrics_url: str | None) -> Sample:
+def take_sample(pids: dict[str, int], metrics_url: str | None,
+                ports: tuple[int, int]) -> Sample:
     metrics = scrape(metrics_url)  # first: its cost is the server's, inside the window
     machine = parse_machine_stat(Path("/proc/stat").read_text(), CLK_TCK)
     cpu = {role: process_cpu_seconds(pid) for role, pid in pids.items()}
-    return Sample(time.monotonic(), cpu, machine, metrics)
+    drops = udp_socket_drops(Path("/proc/net/udp").read_text(), ports)
+    return Sample(time.monotonic(), cpu, machine, metrics, drops)
 
 
 # -- one run ----------------------------------------------------------------------------
@@ -328,7 +331,7 @@ def run(settings: RunSettings, workdir: Path) -> dict[str, Any]:
                         sipp.wait(timeout=max(0.0, started + at - time.monotonic()))
                     if sipp.poll() is not None:
                         break
-                    samples.append(take_sample(pids, metrics_url))
+                    samples.append(take_sample(pids, metrics_url, ports))
                 sipp.wait(timeout=limit + 30)
             except subprocess.TimeoutExpired:
                 timed_out = True
@@ -390,6 +393,7 @@ def run(settings: RunSettings, workdir: Path) -> dict[str, Any]:
             "server_invalid": total(run_metrics, "switchboard_rtp_packets_invalid_total"),
             "steady_in_per_s": _rate(win, "switchboard_rtp_packets_received_total", seconds),
             "steady_out_per_s": _rate(win, "switchboard_rtp_packets_sent_total", seconds),
+            "server_socket_drops": _socket_drops(samples),
             "captured_out": whole_run.packets,
             "captured_out_lost": whole_run.lost,
             "capture_dropped": cap.get("dropped"),
@@ -407,6 +411,15 @@ def run(settings: RunSettings, workdir: Path) -> dict[str, Any]:
         "metrics_scrapes_failed": failed_scrapes,
         "held": held,
     }
+
+
+def _socket_drops(samples: list[Sample]) -> int | None:
+    """Kernel drops on the server's RTP sockets (this host only) over the window; a
+    socket opened inside the window counts from zero."""
+    if len(samples) != 2 or not samples[1].udp_drops:
+        return None
+    first, last = samples[0].udp_drops, samples[1].udp_drops
+    return sum(n - first.get(inode, 0) for inode, n in last.items())
 
 
 def _code_version() -> str | None:

@@ -28,6 +28,7 @@ from loadtest.capacity_report import (
     render,
     render_series,
     total,
+    udp_socket_drops,
 )
 from loadtest.sip_capacity import (
     CapacityError,
@@ -145,6 +146,22 @@ def test_cpu_usage_of_a_remote_server_comes_from_its_metrics() -> None:
     assert cpu_usage(first, last, cores=2)["server_core_pct"] == pytest.approx(50.0)
 
 
+def test_udp_socket_drops_in_the_port_range() -> None:
+    text = (
+        "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
+        "timeout inode ref pointer drops\n"
+        "  10: 0100007F:4E20 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0"
+        "        0 5001 2 0000000000000000 7\n"
+        "  11: 0100007F:4E21 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 5002 2 0000000000000000 0\n"
+        "  12: 0100007F:13C4 00000000:0000 07 00000000:00000000 00:00000000 00000000     0"
+        "        0 5003 2 0000000000000000 99\n"
+    )
+    assert udp_socket_drops(text, (20000, 20100)) == {5001: 7, 5002: 0}  # not port 5060
+    with pytest.raises(StatsError):
+        udp_socket_drops(text.replace("5001", "x"), (20000, 20100))
+
+
 def test_dumpcap_drop_count() -> None:
     text = ("Capturing on 'Loopback: lo'\nPackets captured: 751\nPackets received/dropped on "
             "interface 'Loopback: lo': 751/3 (pcap:0/dumpcap:3/flushed:0/ps_ifdrop:0) (99.6%)\n")
@@ -204,6 +221,7 @@ def test_smoke_run_reports_every_field(tmp_path: Path) -> None:
     rtp = report["rtp"]
     assert rtp["server_in"] > 0 and rtp["server_out"] > 0 and rtp["captured_out"] > 0
     assert rtp["capture_dropped"] == 0
+    assert rtp["server_socket_drops"] is not None
     for key in ("jitter_p50_ms", "jitter_p95_ms", "jitter_p99_ms", "jitter_max_ms"):
         assert report["jitter"][key] is not None, key
     assert report["jitter"]["streams"] == 5
