@@ -5,7 +5,6 @@
     python -m loadtest.sip_capacity --calls 5 --hold 3 --json out.json
     python -m loadtest.sip_capacity --target 10.0.0.5:5060 --rtp-ports 20000-30000 \\
         --metrics-url http://10.0.0.5:8080/metrics --interface eth0 --calls 100 --hold 60
-    python -m loadtest.sip_capacity --profile --calls 300 --seconds 20  # where the time goes
 
 One run, everything bounded in count and time and on loopback unless --target says
 otherwise:
@@ -16,15 +15,14 @@ otherwise:
 4. run SIPp's uac_pcmu scenario: N calls at R calls/s, each held HOLD s, at most N at
    once, a global timeout; its -trace_stat CSV gives attempted/completed/failed;
 5. in the steady state (every call up, none ended yet) sample the CPU of the server,
-   SIPp and dumpcap from /proc, and the server's /metrics at both ends;
+   SIPp and dumpcap from /proc, kernel drops on the server's RTP sockets from
+   /proc/net/udp, and the server's /metrics at both ends;
 6. judge the capture (loadtest.rtp_intervals): |interval - 20 ms| p50/p95/p99/max over
    all streams, and loss by sequence.
 "Held" means every call completed and the steady-state p99 interval jitter is within
 --max-p99-ms. SIPp and dumpcap run on the same cores and are reported beside the server.
 
-`--profile` runs N RtpSessions with the echo handler in this process on the real pacer
-and loopback sockets (RTP fed by a child process), and reports the CPU per call per
-tick with cProfile's top functions: what limits the server, without SIP or SIPp.
+Where the server's time goes at a given load: `python -m loadtest.echo_profile`.
 """
 
 from __future__ import annotations
