@@ -146,6 +146,7 @@ def server_config(settings: RunSettings, sip_port: int, http_port: int, workdir:
     low, high = settings.port_range()
     return (
         "agent: echo\n"
+        "shutdown_drain_seconds: 0\n"  # calls still up when the run ends are just hung up
         "log: {level: WARNING}\n"
         f"records: {{path: {json.dumps(str(workdir / 'calls.db'))}}}\n"
         f"http: {{listen: 127.0.0.1, port: {http_port}}}\n"

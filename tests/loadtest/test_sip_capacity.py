@@ -188,6 +188,7 @@ def test_server_config_is_valid_switchboard_config(tmp_path: Path) -> None:
     config = load_config(path, env={})
     assert config.records.path == str(tmp_path / "a b" / "calls.db")
     assert config.agent == "echo" and config.log.level == "WARNING"
+    assert config.shutdown_drain_seconds == 0
     assert config.sip.max_calls >= 300 and config.sip.codecs == ["PCMA"]
     assert (config.sip.rtp_port_min, config.sip.rtp_port_max) == s.port_range()
 
