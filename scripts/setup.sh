@@ -12,6 +12,7 @@ APT_PACKAGES=(
   kamailio          # SIP dispatcher in front of several Switchboard processes (tests/ops)
   espeak-ng         # a second voice for test speech
   sox               # audio conversion in tests and load captures
+  tshark            # dumpcap: the SIP capacity benchmark captures Switchboard's RTP
   prometheus        # promtool checks the monitoring config
   python3-venv      # venv on the system Python
   cmake build-essential  # llama-cpp-python builds from source

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 
@@ -85,6 +86,11 @@ class Switchboard:
         await self.agents.start()
         if self.records is not None:
             await self.records.start()  # before the doors: the first call gets its row
+        # The models and libraries loaded above are permanent: move them out of the
+        # collector's sight, so a full collection no longer stalls the 20 ms pacer for
+        # 25-35 ms (measured by the SIP capacity benchmark).
+        gc.collect()
+        gc.freeze()
         self.pacer = Pacer(self.clock, on_lateness=self.metrics.pacer_lateness_seconds.observe,
                            on_skipped=self.metrics.pacer_skipped_ticks_total.inc)
         self.pacer.start()
