@@ -37,7 +37,7 @@ from media.l16 import check_l16_le
 from pipeline.leg import CallHandler, CallInfo
 from streams.context import StreamContext
 from streams.leg import DTMF_DIGITS, Pacing, StreamLeg
-from streams.wsout import WsOutbox, close_code
+from streams.wsout import WsOutbox, accept_websocket, close_code
 
 __all__ = ["CLEAR_AUDIO", "PATH", "FreeswitchDoor", "FreeswitchLeg", "FreeswitchSettings",
            "MetadataError", "add_routes", "metadata_rate", "parse_metadata"]
@@ -163,19 +163,7 @@ class FreeswitchDoor:
             log.warning("freeswitch stream from %s refused: bad or missing token", request.remote)
             self.ctx.refused(TRANSPORT, "forbidden")
             return web.Response(status=403, text="missing or wrong token\n")
-        ws = web.WebSocketResponse(max_msg_size=self.ctx.max_message_bytes, timeout=2.0)
-        if not ws.can_prepare(request).ok:
-            return web.Response(status=400, text="expected a WebSocket upgrade\n")
-        await ws.prepare(request)
-        refusal = self.ctx.enter(TRANSPORT)
-        if refusal is not None:
-            await ws.close(code=close_code(refusal), message=refusal.encode())
-            return ws
-        try:
-            await self._serve(ws)
-        finally:
-            self.ctx.leave()
-        return ws
+        return await accept_websocket(request, self.ctx, TRANSPORT, self._serve)
 
     async def _refuse(self, ws: web.WebSocketResponse, reason: str, invalid: str) -> None:
         self.ctx.invalid(TRANSPORT, invalid)

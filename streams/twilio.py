@@ -51,7 +51,7 @@ from streams.twilio_messages import (
     parse_message,
 )
 from streams.twilio_rest import TwilioCalls, TwilioRestError
-from streams.wsout import WsOutbox, close_code
+from streams.wsout import WsOutbox, accept_websocket, close_code
 
 __all__ = ["STREAM_PATH", "VOICE_PATH", "TwilioDoor", "TwilioLeg", "TwilioSettings", "add_routes"]
 
@@ -194,19 +194,7 @@ class TwilioDoor:
                         request.remote)
             self.ctx.refused(TRANSPORT, "forbidden")
             return web.Response(status=403, text="invalid Twilio signature\n")
-        ws = web.WebSocketResponse(max_msg_size=self.ctx.max_message_bytes, timeout=2.0)
-        if not ws.can_prepare(request).ok:
-            return web.Response(status=400, text="expected a WebSocket upgrade\n")
-        await ws.prepare(request)
-        refusal = self.ctx.enter(TRANSPORT)
-        if refusal is not None:
-            await ws.close(code=close_code(refusal), message=refusal.encode())
-            return ws
-        try:
-            await self._serve(ws)
-        finally:
-            self.ctx.leave()
-        return ws
+        return await accept_websocket(request, self.ctx, TRANSPORT, self._serve)
 
     async def _serve(self, ws: web.WebSocketResponse) -> None:
         start = await self._await_start(ws)

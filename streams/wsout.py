@@ -11,9 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import WSCloseCode, web
+
+if TYPE_CHECKING:
+    from streams.context import StreamContext
 
 __all__ = ["WsOutbox", "close_code"]
 
@@ -120,3 +124,26 @@ class WsOutbox:
             pass  # the peer is gone; nothing left to tell it
         if not ws.closed:
             await ws.close(code=close_code(reason), message=reason.encode()[:120])
+
+
+async def accept_websocket(
+    request: web.Request,
+    ctx: StreamContext,
+    transport: str,
+    serve: Callable[[web.WebSocketResponse], Awaitable[None]],
+) -> web.StreamResponse:
+    """Upgrade to a WebSocket, admit it under the doors' shared limits, run `serve`, and
+    give the slot back however it ends. Authentication is the caller's, before this."""
+    ws = web.WebSocketResponse(max_msg_size=ctx.max_message_bytes, timeout=2.0)
+    if not ws.can_prepare(request).ok:
+        return web.Response(status=400, text="expected a WebSocket upgrade\n")
+    await ws.prepare(request)
+    refusal = ctx.enter(transport)
+    if refusal is not None:
+        await ws.close(code=close_code(refusal), message=refusal.encode())
+        return ws
+    try:
+        await serve(ws)
+    finally:
+        ctx.leave()
+    return ws

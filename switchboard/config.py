@@ -27,6 +27,15 @@ class ConfigError(Exception):
     """A config file or override is wrong; the message says where and why."""
 
 
+def _check_cidrs(networks: list[str]) -> list[str]:
+    for net in networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError as e:
+            raise ValueError(f"{net!r} is not a CIDR network ({e})") from None
+    return networks
+
+
 class _Section(BaseModel):
     # A numeric password or token from the environment ("12345") stays a string.
     model_config = ConfigDict(extra="forbid", frozen=True, coerce_numbers_to_str=True)
@@ -77,12 +86,7 @@ class SipConfig(_Section):
     @field_validator("trusted_networks")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as e:
-                raise ValueError(f"{net!r} is not a CIDR network ({e})") from None
-        return v
+        return _check_cidrs(v)
 
     @field_validator("callers")
     @classmethod
@@ -204,12 +208,7 @@ class AudioSocketConfig(_Section):
     @field_validator("allowed_networks")
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError as e:
-                raise ValueError(f"{net!r} is not a CIDR network ({e})") from None
-        return v
+        return _check_cidrs(v)
 
 
 class StreamsConfig(_Section):
