@@ -14,6 +14,7 @@ APT_PACKAGES=(
   sox               # audio conversion in tests and load captures
   tshark            # dumpcap: the SIP capacity benchmark captures Switchboard's RTP
   prometheus        # promtool checks the monitoring config
+  docker-compose    # validates docker-compose.yml (tests/ops); needs no Docker engine
   python3-venv      # venv on the system Python
   cmake build-essential  # llama-cpp-python builds from source
 )
