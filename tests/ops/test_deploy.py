@@ -160,3 +160,23 @@ def test_ollama_entrypoint_is_valid_bash() -> None:
     assert result.returncode == 0, result.stderr
     text = ENTRYPOINT.read_text()
     assert "ollama serve" in text and 'ollama pull "$MODEL"' in text
+
+
+def test_compose_environment_is_a_valid_switchboard_config() -> None:
+    # Every SWITCHBOARD_* override the compose file sets must load (with compose defaults
+    # for ${VAR:-default}; a key without a value passes through from the shell only when
+    # set there, so it is left out); max_calls must fit the RTP ports the range holds.
+    from sip.ports import PortAllocator
+    from switchboard.config import load_config
+
+    env = _compose()["services"]["switchboard"]["environment"]
+    resolved = {k: re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(v)) for k, v in env.items()
+                if v is not None}
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in resolved.items():
+            mp.setenv(key, value)
+        config = load_config(None)
+    assert config.llm.engine == "ollama"
+    assert config.sip.advertised_address
+    ports = PortAllocator(config.sip.rtp_port_min, config.sip.rtp_port_max)
+    assert config.sip.max_calls <= ports.capacity
