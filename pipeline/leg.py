@@ -33,6 +33,9 @@ class CallInfo:
     caller: str = ""
     callee: str = ""
     params: Mapping[str, str] = field(default_factory=dict)
+    # An agent chosen by whoever placed the call (the browser console, POST /calls);
+    # None lets the dialplan route it.
+    agent: str | None = None
 
 
 class CallLeg(Protocol):

@@ -14,6 +14,8 @@ APT_PACKAGES=(
   sox               # audio conversion in tests and load captures
   tshark            # dumpcap: the SIP capacity benchmark captures Switchboard's RTP
   prometheus        # promtool checks the monitoring config
+  postgresql        # the shared call-record backend, started per test (tests/switchboard)
+  chromium          # headless browser for the console tests (Playwright drives it)
   docker-compose    # validates docker-compose.yml (tests/ops); needs no Docker engine
   python3-venv      # venv on the system Python
   cmake build-essential  # llama-cpp-python builds from source

@@ -67,6 +67,10 @@ class Switchboard:
             raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
         return self.records.wrap(info, handler) if self.records is not None else handler
 
+    def agent_names(self) -> list[str]:
+        """The agents a caller may pick by name (the browser console lists them)."""
+        return [self.config.agent]
+
     def readiness(self) -> dict[str, object]:
         state: dict[str, object] = {**self.agents.readiness(), "agent": self.config.agent,
                                     **self.outbound.readiness()}
