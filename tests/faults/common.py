@@ -1,0 +1,39 @@
+"""Small helpers shared by the fault tests (each test starts a real server)."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from loadtest.capacity_report import parse_prometheus, total
+from tests.helpers import Server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def get(server: Server, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30, every: float = 0.1
+             ) -> Any:
+    """Poll check() until it gives something true, at most timeout / every times."""
+    for _ in range(int(timeout / every)):
+        if result := check():
+            return result
+        time.sleep(every)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples with these labels, from a /metrics page."""
+    return total(parse_prometheus(text), name, **labels)
