@@ -37,3 +37,23 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30, every: fl
 def metric(text: str, name: str, **labels: str) -> float:
     """The sum of a metric's samples with these labels, from a /metrics page."""
     return total(parse_prometheus(text), name, **labels)
+
+
+def ask(server: Server, question: Path, tail_s: float = 7.0) -> dict[str, Any]:
+    """One call by the project's UAC (`switchboard call`): the question, then `tail_s`
+    of listening; dial's result (call_id, status, hangup, reply_latency_s, ...)."""
+    import subprocess
+
+    from tests.helpers import EXE
+
+    out = subprocess.run([EXE, "call", f"sip:bot@127.0.0.1:{server.sip_port}", "--play",
+                          str(question), "--tail", str(tail_s)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return json.loads(out.stdout)
+
+
+def record_of(server: Server, call_id: str) -> dict[str, Any] | None:
+    """The call's record once it has ended (its outcome written), else None."""
+    code, call = get(server, f"/calls/{call_id}")
+    return call if code == 200 and call.get("outcome") else None
