@@ -57,3 +57,11 @@ def record_of(server: Server, call_id: str) -> dict[str, Any] | None:
     """The call's record once it has ended (its outcome written), else None."""
     code, call = get(server, f"/calls/{call_id}")
     return call if code == 200 and call.get("outcome") else None
+
+
+def ollama_env(ollama: Any, rtp: int) -> dict[str, str]:
+    """A server whose LLM is the fake Ollama, with its own RTP port range."""
+    return {"SWITCHBOARD_LLM__ENGINE": "ollama", "SWITCHBOARD_LLM__HOST": ollama.url,
+            "SWITCHBOARD_LLM__MODEL": "smollm2:135m",
+            "SWITCHBOARD_SIP__RTP_PORT_MIN": str(rtp),
+            "SWITCHBOARD_SIP__RTP_PORT_MAX": str(rtp + 98)}

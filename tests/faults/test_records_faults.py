@@ -17,12 +17,11 @@ import errno
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.faults.common import ask, metric, record_of, wait_for
+from tests.faults.common import ask, metric, ollama_env, record_of, wait_for
 from tests.helpers import Server, switchboard
 from tests.pipeline.fake_ollama import FakeOllama
 
@@ -33,31 +32,8 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
-def ollama() -> Iterator[FakeOllama]:
-    server = FakeOllama()
-    server.start()
-    server.reply = ("We", " open", " at", " nine", " on", " Saturday", ".")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def question(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.sip.test_conversation_call import say
-
-    path = tmp_path_factory.mktemp("speech") / "question.wav"
-    say(path, "What time do you open on Saturday?", lead_s=4.0)  # after the greeting
-    return path
-
-
 def env_for(ollama: FakeOllama, db: Path, rtp: int) -> dict[str, str]:
-    return {"SWITCHBOARD_LLM__ENGINE": "ollama", "SWITCHBOARD_LLM__HOST": ollama.url,
-            "SWITCHBOARD_LLM__MODEL": "smollm2:135m", "SWITCHBOARD_RECORDS__PATH": str(db),
-            "SWITCHBOARD_SIP__RTP_PORT_MIN": str(rtp),
-            "SWITCHBOARD_SIP__RTP_PORT_MAX": str(rtp + 98)}
+    return {**ollama_env(ollama, rtp), "SWITCHBOARD_RECORDS__PATH": str(db)}
 
 
 def call_through_the_fault(server: Server, question: Path, kind: str) -> tuple[dict, str]:
