@@ -161,7 +161,8 @@ def render(report: dict[str, Any]) -> str:
     c = report["calls"]
     lines.append(f"calls: attempted {c.get('attempted')}, completed {c.get('completed')}, "
                  f"failed {c.get('failed')}" + (f" {c['failure_kinds']}"
-                                                if c.get("failure_kinds") else ""))
+                                                if c.get("failure_kinds") else "")
+                 + (f"; a reply heard in {c['answered']}" if "answered" in c else ""))
     if report.get("server_outcomes"):
         lines.append(f"server outcomes: {json.dumps(report['server_outcomes'])}")
     for name, v in report["returned"].items():
