@@ -177,6 +177,9 @@ class TurnRunner:
                 if not text:
                     return "empty"
                 turn.record.transcript = text
+                # Live followers (the browser console) show the words before the answer.
+                self.calllog.event("caller_said", logging.DEBUG, turn=turn.record.index,
+                                   text=text)
                 if self.settings.goodbye_detection and is_goodbye(text):
                     self.history.add_user(text)
                     return "goodbye"
