@@ -318,6 +318,7 @@ class TurnRunner:
         t0: float | None = None
         while (text := await chunks.get()) is not None:
             turn.record.answer = f"{turn.record.answer} {text}".lstrip()
+            self.calllog.event("agent_said", logging.DEBUG, turn=turn.record.index, text=text)
             if t0 is None:
                 t0 = self.clock.now()
             job = partial(e.tts.synthesize, text)

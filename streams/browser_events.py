@@ -5,10 +5,11 @@ follows that log and turns the events the page shows into small JSON messages:
 
     {"type": "state", "state": "listening" | "thinking" | "speaking" | "ending" | "ended"}
     {"type": "transcript", "role": "caller", "turn": 1, "text": "..."}  (ASR result)
+    {"type": "transcript", "role": "agent", "turn": 1, "text": "..."}  (each chunk spoken)
     {"type": "turn", "turn": 1, "caller": "...", "agent": "...", "outcome": "answered",
      "speculative_asr": false, "timings": {"endpointing": 312, "asr": 240, ...}}  (ms)
     {"type": "barge_in", "turn": 1}
-    {"type": "phrase", "phrase": "greeting"}
+    {"type": "phrase", "phrase": "greeting", "text": "Hello, ..."}  (a cached phrase)
 
 The turn message carries the latency waterfall: endpointing (the caller's last speech
 frame -> the end of their turn was decided), ASR, LLM first token, TTS first audio and
@@ -55,15 +56,16 @@ class ConsoleEvents:
             t = entry.get("t")
             self._speech_end_t = float(t) if isinstance(t, int | float) else None
             return None
-        if kind == "caller_said":
-            return {"type": "transcript", "role": "caller", "turn": entry.get("turn"),
-                    "text": _text(entry.get("text"))}
+        if kind in ("caller_said", "agent_said"):
+            return {"type": "transcript", "role": "caller" if kind == "caller_said" else "agent",
+                    "turn": entry.get("turn"), "text": _text(entry.get("text"))}
         if kind == "turn":
             return self._turn(entry)
         if kind == "barge_in":
             return {"type": "barge_in", "turn": entry.get("turn")}
         if kind == "say":
-            return {"type": "phrase", "phrase": _text(entry.get("phrase"))}
+            return {"type": "phrase", "phrase": _text(entry.get("phrase")),
+                    "text": _text(entry.get("text"))}
         return None
 
     def _turn(self, entry: dict[str, Any]) -> dict[str, Any]:

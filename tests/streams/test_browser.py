@@ -155,7 +155,8 @@ class LoggedAgent:
 
     async def on_start(self, leg: CallLeg) -> None:
         self.calllog = CallLog(leg.info, self.clock)
-        self.calllog.event("say", phrase="greeting")  # before anyone follows: replayed
+        # Before anyone follows: replayed to the page when it subscribes.
+        self.calllog.event("say", phrase="greeting", text="Hello, how can I help?")
 
     def on_frame(self, pcm: bytes) -> None:
         pass
@@ -178,6 +179,7 @@ class LoggedAgent:
         log.event("state", logging.DEBUG, state="thinking")
         log.event("caller_said", turn=1, text="What time do you open?")
         turn.transcript = "What time do you open?"
+        log.event("agent_said", logging.DEBUG, turn=1, text="We open at nine.")
         turn.answer = turn.heard = "We open at nine."
         turn.timings.update(speech=1.2, asr=0.25, llm_first_token=0.4, tts_first_audio=0.12,
                             response_latency=0.9, llm_total=1.1)
@@ -194,10 +196,12 @@ async def test_the_call_log_is_relayed_live(harness: Harness) -> None:
         await until(lambda: page.of("phrase"))
         agent.one_turn()
         await until(lambda: page.of("turn"))
-        assert page.of("phrase") == [{"type": "phrase", "phrase": "greeting"}]
+        assert page.of("phrase") == [{"type": "phrase", "phrase": "greeting",
+                                      "text": "Hello, how can I help?"}]
         assert [m["state"] for m in page.of("state")] == ["thinking", "speaking"]
-        assert page.of("transcript") == [{"type": "transcript", "role": "caller", "turn": 1,
-                                          "text": "What time do you open?"}]
+        assert page.of("transcript") == [
+            {"type": "transcript", "role": "caller", "turn": 1, "text": "What time do you open?"},
+            {"type": "transcript", "role": "agent", "turn": 1, "text": "We open at nine."}]
         turn = page.of("turn")[0]
         assert (turn["caller"], turn["agent"], turn["outcome"]) == (
             "What time do you open?", "We open at nine.", "answered")

@@ -56,14 +56,31 @@
     }
   }
 
-  function addLine(role, text, turn) {
-    if (!text) return;
+  const agentLines = new Map(); // turn -> the <li> its answer is written into
+
+  function addLine(role, text, turn, extra = "") {
     $("transcript-empty").hidden = true;
     const who = role === "caller" ? "You" : "Agent";
-    const item = Console.el("li", { class: role, "data-turn": String(turn ?? "") },
-      Console.el("span", { class: "who", text: `${who}:` }), text);
+    const item = Console.el("li", { class: `${role} ${extra}`, "data-turn": String(turn ?? "") },
+      Console.el("span", { class: "who", text: `${who}:` }),
+      Console.el("span", { class: "text", text }));
     $("transcript").append(item);
     item.scrollIntoView({ block: "nearest" });
+    return item;
+  }
+
+  function agentSaid(turn, text) {
+    const item = agentLines.get(turn);
+    if (item) item.querySelector(".text").textContent += ` ${text}`;
+    else agentLines.set(turn, addLine("agent", text, turn));
+  }
+
+  function turnDone(msg) {
+    const item = agentLines.get(msg.turn);
+    if (!item && !msg.agent) return;
+    const line = item || addLine("agent", "", msg.turn);
+    line.querySelector(".text").textContent = msg.agent +
+      (msg.outcome === "interrupted" ? " (interrupted)" : "");
   }
 
   function waterfall(msg) {
@@ -103,11 +120,15 @@
         setState(msg.state);
         break;
       case "transcript":
-        addLine("caller", msg.text, msg.turn);
+        if (msg.role === "agent") agentSaid(msg.turn, msg.text);
+        else if (msg.text) addLine("caller", msg.text, msg.turn);
+        break;
+      case "phrase":
+        if (msg.text) addLine("agent", msg.text, null, "phrase");
         break;
       case "turn":
         stats.turns += 1;
-        if (msg.agent) addLine("agent", msg.agent, msg.turn);
+        turnDone(msg);
         if (msg.timings && Object.keys(msg.timings).length) waterfall(msg);
         break;
       case "clear":
@@ -121,7 +142,7 @@
         setStatus(`Refused: ${msg.message}`, true);
         break;
       default:
-        break; // barge_in, phrase: nothing to show
+        break; // barge_in: the clear says it all
     }
   }
 
@@ -147,7 +168,7 @@
       ws.send(event.data);
       stats.sent += 1;
       if (stats.sent % 5 === 0) {
-        const pcm = new Int16Array(event.data.byteLength ? event.data : new ArrayBuffer(0));
+        const pcm = new Int16Array(event.data);
         let peak = 0;
         for (const v of pcm) peak = Math.max(peak, Math.abs(v));
         $("mic-level").value = peak / 32768;
@@ -161,6 +182,7 @@
     $("call").disabled = true;
     $("agent").disabled = true;
     $("transcript").replaceChildren();
+    agentLines.clear();
     $("waterfalls").replaceChildren();
     $("transcript-empty").hidden = false;
     Object.assign(stats, { sent: 0, received: 0, played: 0, bufferedMs: 0, underruns: 0,
