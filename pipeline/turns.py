@@ -318,7 +318,6 @@ class TurnRunner:
         t0: float | None = None
         while (text := await chunks.get()) is not None:
             turn.record.answer = f"{turn.record.answer} {text}".lstrip()
-            self.calllog.event("agent_said", logging.DEBUG, turn=turn.record.index, text=text)
             if t0 is None:
                 t0 = self.clock.now()
             job = partial(e.tts.synthesize, text)
@@ -345,6 +344,9 @@ class TurnRunner:
                 turn.chunks.append(
                     self.speaker.send_marked(held, rate, text=text, kind="answer", owner=turn)
                 )
+                # Live followers (the browser console) show it as it is heard.
+                self.calllog.event("agent_said", logging.DEBUG, turn=turn.record.index,
+                                   text=text)
         if t0 is not None:
             self._observe(turn, "tts_total", self.clock.now() - t0)
 
