@@ -3,8 +3,9 @@ a fake microphone that plays a spoken question from a WAV file.
 
 The Talk page calls the conversation agent of a real `switchboard serve` (the packaged
 Whisper, LLM and Piper models): the question shows in the transcript as Whisper heard
-it, the answer's audio reaches the page's jitter buffer and is played (the page's own
-counters), and the turn's latency waterfall is drawn. The Watch page lists the call
+it, the greeting it talks over is flushed from the page's jitter buffer (barge-in), the
+answer's audio reaches the page and is played (the page's own counters), and the turn's
+latency waterfall is drawn. The Watch page lists the call
 while it is up and in the recent calls afterwards, with its record. Screenshots of both
 pages (laptop and phone widths) go to artifacts/.
 """
@@ -40,8 +41,8 @@ pytestmark = [
 
 
 def spoken_question(path: Path, lead_s: float, tail_s: float) -> Path:
-    """espeak-ng speech at 48 kHz (a microphone's rate) after `lead_s` of silence, so the
-    greeting is heard out first, then `tail_s` of silence for the answer."""
+    """espeak-ng speech at 48 kHz (a microphone's rate) after `lead_s` of silence, then
+    `tail_s` of silence for the answer."""
     raw = path.with_suffix(".raw.wav")
     subprocess.run(["espeak-ng", "-s", "140", "-w", str(raw), QUESTION], check=True,
                    capture_output=True)
@@ -78,7 +79,8 @@ def record(server: Server, call_id: str) -> dict:
 
 def test_talk_to_the_conversation_agent_and_watch_the_call(tmp_path: Path) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
-    wav = spoken_question(tmp_path / "question.wav", lead_s=5.0, tail_s=40.0)
+    # The question comes 1.5 s into the call, over the greeting (about 3 s): a barge-in.
+    wav = spoken_question(tmp_path / "question.wav", lead_s=1.5, tail_s=40.0)
     with switchboard(tmp_path) as server, chromium(wav) as browser:
         base = f"http://127.0.0.1:{server.http_port}/console"
         context = browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
@@ -122,6 +124,7 @@ def test_talk_to_the_conversation_agent_and_watch_the_call(tmp_path: Path) -> No
 
         during = stats(talk)
         assert during["received"] >= during["played"] > 0 and during["sent"] > 200, during
+        assert during["cleared"] >= 1, during  # the greeting was cut off and flushed
 
         # Hang up (keyboard: Escape), then Watch moves the call to the recent calls.
         talk.keyboard.press("Escape")

@@ -57,6 +57,7 @@
   }
 
   const agentLines = new Map(); // turn -> the <li> its answer is written into
+  let lastPhrase = null; // the <li> of the last cached phrase (greeting, filler), if playing
 
   function addLine(role, text, turn, extra = "") {
     $("transcript-empty").hidden = true;
@@ -70,6 +71,7 @@
   }
 
   function agentSaid(turn, text) {
+    lastPhrase = null;
     const item = agentLines.get(turn);
     if (item) item.querySelector(".text").textContent += ` ${text}`;
     else agentLines.set(turn, addLine("agent", text, turn));
@@ -118,13 +120,14 @@
         break;
       case "state":
         setState(msg.state);
+        if (msg.state === "listening") lastPhrase = null; // heard to the end
         break;
       case "transcript":
         if (msg.role === "agent") agentSaid(msg.turn, msg.text);
         else if (msg.text) addLine("caller", msg.text, msg.turn);
         break;
       case "phrase":
-        if (msg.text) addLine("agent", msg.text, null, "phrase");
+        if (msg.text) lastPhrase = addLine("agent", msg.text, null, "phrase");
         break;
       case "turn":
         stats.turns += 1;
@@ -133,6 +136,8 @@
         break;
       case "clear":
         if (call && call.playback) call.playback.port.postMessage({ type: "clear" });
+        if (lastPhrase) lastPhrase.querySelector(".text").textContent += " (cut off)";
+        lastPhrase = null;
         break;
       case "hangup":
         stats.ended = msg.reason;
@@ -183,6 +188,7 @@
     $("agent").disabled = true;
     $("transcript").replaceChildren();
     agentLines.clear();
+    lastPhrase = null;
     $("waterfalls").replaceChildren();
     $("transcript-empty").hidden = false;
     Object.assign(stats, { sent: 0, received: 0, played: 0, bufferedMs: 0, underruns: 0,
