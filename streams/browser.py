@@ -198,9 +198,11 @@ class BrowserDoor:
 
     async def _refuse(self, ws: web.WebSocketResponse, reason: str, invalid: str | None,
                       message: str) -> None:
+        """Tell the page why, and close. `invalid` None: already counted (the factory's
+        refusal, by StreamContext.handler_for)."""
         if invalid is not None:
             self.ctx.invalid(TRANSPORT, invalid)
-        self.ctx.refused(TRANSPORT, reason)
+            self.ctx.refused(TRANSPORT, reason)
         if ws.closed:
             return
         try:

@@ -323,3 +323,5 @@ async def test_refused_by_the_factory(harness: Harness) -> None:
         await until(lambda: page.ws.closed)
         assert page.ws.close_code == 1013
         assert page.of("error") == [{"type": "error", "message": "call refused: unavailable"}]
+        assert harness.value("switchboard_calls_rejected_total", transport="browser",
+                             reason="unavailable") == 1  # counted once
