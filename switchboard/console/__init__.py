@@ -16,6 +16,7 @@ Recent calls on the Watch page come from the records API (GET /calls, /calls/{id
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from streams.context import StreamContext
 from switchboard.console.live import ActiveCalls
 
 __all__ = ["STATIC", "ActiveCalls", "Console"]
+
+log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 _NO_CACHE = {"Cache-Control": "no-cache"}
@@ -50,6 +53,8 @@ class Console:
         r.add_get("/console/api/agents", self._agents)
         r.add_get("/console/api/calls", self._active)
         browser.add_routes(app, self.ctx, self.settings)
+        log.info("browser console at /console/ (%s)",
+                 "token required" if self.token else "loopback clients only: no console.token")
 
     async def _to_talk(self, request: web.Request) -> web.Response:
         raise web.HTTPFound("/console/" + (f"?{request.query_string}"
