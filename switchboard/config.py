@@ -253,6 +253,18 @@ class RecordsConfig(_Section):
         return self
 
 
+# -- the browser console (switchboard.console) ----------------------------------------------
+
+
+class ConsoleConfig(_Section):
+    """Talk and Watch pages at /console/. Without a token only loopback clients may call
+    or watch; set one before exposing the HTTP port (it is then required from everyone)."""
+
+    enabled: bool = True
+    token: str = Field(default="", repr=False)  # ?token= in the page URL, or a header
+    max_lead_ms: int = Field(default=100, ge=20, le=2000)  # audio sent ahead of real time
+
+
 class Config(_Section):
     agent: Literal["echo", "conversation"] = "conversation"
     # SIGTERM: stop taking calls at once, let calls in progress go on this long, then end them.
@@ -265,6 +277,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     streams: StreamsConfig = StreamsConfig()  # media-stream doors (streams/)
     records: RecordsConfig = RecordsConfig()  # call records (switchboard.records)
+    console: ConsoleConfig = ConsoleConfig()  # browser console (switchboard.console)
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:
