@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import math
 import os
@@ -254,7 +255,8 @@ async def _callers(s: Settings, wavs: list[Path], calls: int, deadline: float,
 
     placed = 0
     outcomes: dict[str, int] = {}
-    counts = {"attempted": 0, "completed": 0, "failed": 0, "answered": 0}
+    counts = {"attempted": 0, "completed": 0, "failed": 0, "answered": 0,
+              "uac_port_retries": 0}
 
     async def caller(n: int) -> None:
         nonlocal placed
@@ -265,10 +267,19 @@ async def _callers(s: Settings, wavs: list[Path], calls: int, deadline: float,
             counts["attempted"] += 1
             opts = DialOptions(uri=f"sip:bot@{s.target}", play=wav, tail=tail_s,
                                listen="127.0.0.1", rtp_ports=(base, base + 398))
-            try:
-                result = await place_call(opts)
-            except Exception as e:  # a UAC failure is a failed call, not the end of the run
-                result = {"status": "failed", "error": repr(e)}
+            result: dict[str, Any] = {}
+            for _ in range(3):  # our UAC's own port taken by another program: try again
+                try:
+                    result = await place_call(opts)
+                    break
+                except OSError as e:
+                    result = {"status": "failed", "error": repr(e)}
+                    if e.errno != errno.EADDRINUSE:
+                        break
+                    counts["uac_port_retries"] += 1
+                except Exception as e:  # a UAC failure is a failed call, not the end of the run
+                    result = {"status": "failed", "error": repr(e)}
+                    break
             ok = result.get("status") == "completed" and result.get("hangup") == "local"
             counts["completed" if ok else "failed"] += 1
             counts["answered"] += result.get("reply_latency_s") is not None
