@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -110,7 +111,6 @@ def local_server(s: Settings, workdir: Path, ready_s: float = 180.0) -> Iterator
                 tail = (workdir / "switchboard.log").read_text()[-2000:]
                 raise RuntimeError(f"switchboard exited with {proc.returncode}: {tail}")
             with contextlib.suppress(OSError, ValueError):
-                import urllib.request
                 with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz",
                                             timeout=2) as r:
                     if json.loads(r.read()).get("ready"):
