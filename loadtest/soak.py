@@ -80,7 +80,10 @@ class Settings:
 
 def server_config(s: Settings, sip_port: int, http_port: int, workdir: Path) -> str:
     calls = s.concurrency + 10
-    low = 20000 + 2 * (os.getpid() % 1000) * 8  # one range per run on a shared machine
+    # Its own slot of 400 ports per run (by pid): two runs side by side must not share
+    # ports, or calls get 503 when a port is taken (seen running an echo and a
+    # conversation soak at once). The callers' UACs use 40000 and up.
+    low = 20000 + 400 * (os.getpid() % 40)
     return (
         f"agent: {s.agent}\n"
         "shutdown_drain_seconds: 0\n"
