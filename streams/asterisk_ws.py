@@ -14,7 +14,7 @@ silence when the queue is empty), so we may send ahead. We keep at most `max_lea
 ahead of real time: what Asterisk has queued is what a barge-in must take back, which
 FLUSH_MEDIA does. MEDIA_XOFF pauses our sending until MEDIA_XON. Marks fire on our
 timeline, or, with marks="asterisk", when Asterisk reports MEDIA_MARK_PROCESSED for a
-MARK_MEDIA sent after their audio (Asterisk 20.18+, 22.8+, 23.2+).
+MARK_MEDIA sent after their audio (releases newer than the first chan_websocket ones).
 
 Hang-up: Asterisk closes the WebSocket when the channel hangs up; when the agent hangs
 up we send HANGUP, then close. chan_websocket has no transfer.

@@ -219,7 +219,7 @@ class AudioSocketConfig(_Section):
 class AsteriskWsStreamsConfig(_Section):
     """Asterisk chan_websocket (GET /asterisk/ws): Asterisk connects out to Switchboard
     through a websocket_client.conf entry. `marks`: timeline = marks fire on our clock;
-    asterisk = MARK_MEDIA / MEDIA_MARK_PROCESSED (Asterisk 20.18+, 22.8+, 23.2+).
+    asterisk = MARK_MEDIA / MEDIA_MARK_PROCESSED (a release that has MARK_MEDIA).
     `answer`: send ANSWER when the call starts (for the dial string's `n` option)."""
 
     enabled: bool = False
