@@ -116,7 +116,8 @@ class StreamLeg:
     def _setup_inbound(self, rate: int) -> None:
         if self._codec in ("PCMU", "PCMA"):
             if rate != 8000:
-                raise ValueError(f"μ-law and A-law streams run at 8000 Hz, not {rate}")
+                law = "μ-law" if self._codec == "PCMU" else "A-law"
+                raise ValueError(f"{law} streams run at 8000 Hz, not {rate}")
             self._inbound = InboundMedia(self._codec)
             # pad: the codec's silence byte (A-law's zero is 0xd5)
             self._pt, self._in_bytes = (0 if self._codec == "PCMU" else 8), 160
