@@ -24,10 +24,11 @@ from functools import partial
 from typing import Any, TypeVar
 
 from media.clock import Clock
+from pipeline.actions import ActionRules, CallAction
 from pipeline.asr import AsrResult
 from pipeline.calllog import CallLog, TurnRecord
 from pipeline.chunking import ChunkPolicy, ClauseChunker, SpeechSanitizer, clean_inline
-from pipeline.engines import Engines
+from pipeline.engines import FILLERS, Engines
 from pipeline.llm import DEFAULT_SYSTEM_PROMPT, ConversationHistory
 from pipeline.metrics import Metrics
 from pipeline.speaker import Speaker, Spoken
@@ -67,6 +68,12 @@ class ConversationSettings:
     max_call_s: float = 900.0
     stall_s: float = 15.0  # a turn that makes no progress this long is given up
     goodbye_detection: bool = True
+    # Per agent (the dialplan): cached phrase keys for fillers and the reprompt; whether
+    # caller speech over the bot interrupts it; transfer / hang-up / DTMF rules.
+    fillers: tuple[str, ...] = FILLERS
+    reprompt: str = "reprompt"
+    barge_in: bool = True
+    actions: ActionRules = field(default_factory=ActionRules)
 
 
 # --- the caller's goodbye ---------------------------------------------------------------
@@ -110,6 +117,7 @@ class Turn:
     speaking: asyncio.Task[None] | None = None  # the TTS side of the answer
     outcome: str = "answered"
     closed: bool = False
+    action: CallAction | None = None  # the caller asked for one (a phrase rule)
 
     @property
     def heard(self) -> str:
@@ -170,13 +178,18 @@ class TurnRunner:
 
     async def run(self, turn: Turn) -> str:
         """Returns the outcome: "answered", "empty" (nothing said), "goodbye" (the caller
-        said goodbye: the conversation ends the call) or "error" (apology played)."""
+        said goodbye: the conversation ends the call), "action" (a phrase rule matched:
+        turn.action) or "error" (apology played)."""
         try:
             if not turn.resume:
                 text = await self._transcribe(turn)
                 if not text:
                     return "empty"
                 turn.record.transcript = text
+                turn.action = self.settings.actions.for_phrase(text)
+                if turn.action is not None:
+                    self.history.add_user(text)
+                    return "action"
                 if self.settings.goodbye_detection and is_goodbye(text):
                     self.history.add_user(text)
                     return "goodbye"
