@@ -146,11 +146,10 @@ class WithActions:
         self.inner.on_mark(mark, played)
 
     async def on_end(self, reason: str) -> None:
+        # Actions under way are left to finish: a transfer ends the call (BYE) before
+        # it returns its outcome, and every leg operation is bounded in time.
         self._ended = True
         await self.inner.on_end(reason)
-        for task in list(self._tasks):
-            if task is not asyncio.current_task():
-                task.cancel()
 
     def _run(self, action: CallAction) -> None:
         if self._leg is None or self._ended:

@@ -109,6 +109,7 @@ class Conversation:
         self._hung_up = False
         self._bad_frames = 0
         self._deaf = False  # this utterance began over the bot with barge-in off: ignored
+        self._transfer_task: asyncio.Task[None] | None = None
         self.utterance = UtteranceCollector(
             self.vad,
             start_asr=self._start_asr,
@@ -447,12 +448,16 @@ class Conversation:
                 self.speaker.clear()
             self._update_state()
             spoken = self._say("transferring")
-            self._spawn(self._transfer(action, spoken), "transfer")
+            # Not owned by the call (_spawn): the transfer ends the call before it
+            # returns, and on_end must not cancel it then. It is bounded by the leg.
+            self._transfer_task = asyncio.get_running_loop().create_task(
+                self._transfer(action, spoken), name=f"{self.calllog.info.call_id}:transfer")
 
     async def _transfer(self, action: CallAction, spoken: Spoken | None) -> None:
         if spoken is not None:
             await asyncio.wait([spoken.done], timeout=spoken.seconds + 2.0)
-        assert self.leg is not None
+        if self.leg is None or self.state is State.ENDED:
+            return  # the caller hung up first
         if await perform(self.leg, action, metrics=self.metrics) == "ok":
             return  # the leg ends (transfer): on_end follows
         if self.state is State.ENDED:
