@@ -98,6 +98,9 @@ def load_text(text: str, source: str = "dialplan", *, base_dir: Path | None = No
     except (yaml.YAMLError, RecursionError, ValueError, TypeError) as e:
         # YAML errors and anything odd deep in a crafted document: still the file's fault.
         raise DialplanError(source, [f"{source}: not valid YAML: {str(e)[:300]}"]) from None
+    except Exception as e:  # e.g. PyYAML's AttributeError on a bad !!timestamp
+        raise DialplanError(source, [f"{source}: cannot be read as a dialplan: "
+                                     f"{type(e).__name__}: {str(e)[:200]}"]) from None
 
 
 def _load(text: str, source: str, base_dir: Path | None) -> Dialplan:
