@@ -161,7 +161,7 @@ class Conversation:
         self._frame += 1
         self.speaker.tick()
         ev = self.vad.process(pcm)
-        utterance = self.utterance.push(pcm, ev, speculate=not self._ending)
+        utterance = self.utterance.push(pcm, ev, speculate=not (self._ending or self._deaf))
         if isinstance(ev, SpeechStart):
             self._on_speech_start(ev)
         elif utterance is not None:

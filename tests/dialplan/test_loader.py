@@ -137,7 +137,8 @@ def test_every_mistake_names_file_line_key_and_expectation(case: str) -> None:
 
 
 def test_several_mistakes_are_reported_together() -> None:
-    text = "agents:\n  a: {kind: echo, x: 1}\n  b: {kind: nope}\nroutes:\n  - {match: {}, agent: a}\n"
+    text = ("agents:\n  a: {kind: echo, x: 1}\n  b: {kind: nope}\n"
+            "routes:\n  - {match: {}, agent: a}\n")
     with pytest.raises(DialplanError) as err:
         load_text(text, "t.yaml")
     assert [p.split(": ")[1] for p in err.value.problems] == [
