@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 import urllib.request
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from streams.audiosocket_frames import FrameReader, Kind, audio_frame, uuid_frame
 from tests.helpers import Server, free_port, switchboard
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp not installed")
@@ -38,6 +40,8 @@ routes:
   - match: {{callee: {{prefix: "7"}}}}
     agent: closed
   - match: {{twilio_param: {{To: "+15550002222"}}}}
+    agent: echo-a
+  - match: {{audiosocket_uuid: {{prefix: "00000000-"}}}}
     agent: echo-a
 """
 
@@ -114,9 +118,39 @@ async def _freeswitch_close(port: int, metadata: str) -> int | None:
             return ws.close_code
 
 
+async def _audiosocket(port: int, call: uuid.UUID) -> list[Kind]:
+    """Kinds of the frames Switchboard sends back in ~0.3 s, until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(bytes(uuid_frame(call)))
+    kinds: list[Kind] = []
+    framer = FrameReader(65535)
+    try:
+        for _ in range(15):
+            writer.write(bytes(audio_frame(bytes(320))))
+            await writer.drain()
+            try:
+                data = await asyncio.wait_for(reader.read(65536), 0.02)
+            except TimeoutError:
+                continue
+            if not data:
+                break
+            kinds += [f.kind for f in framer.feed(data)]
+    except ConnectionError:
+        pass
+    writer.close()
+    return kinds
+
+
 def test_no_route_is_refused_on_each_door_with_a_reason(tmp_path: Path) -> None:
-    _, server_cm = serve(tmp_path, PLAN)
+    as_port = free_port()
+    _, server_cm = serve(tmp_path, PLAN, SWITCHBOARD_STREAMS__AUDIOSOCKET__ENABLED="true",
+                         SWITCHBOARD_STREAMS__AUDIOSOCKET__LISTEN="127.0.0.1",
+                         SWITCHBOARD_STREAMS__AUDIOSOCKET__PORT=str(as_port))
     with server_cm as server:  # type: ignore[attr-defined]
+        refused = asyncio.run(_audiosocket(as_port, uuid.UUID(int=1 << 127)))
+        assert refused == [Kind.ERROR]  # closed with an error frame, nothing served
+        served = asyncio.run(_audiosocket(as_port, uuid.UUID(int=42)))  # 00000000-...
+        assert served and Kind.ERROR not in served
         sipp("uac_404", server, tmp_path, "999")
         reject = asyncio.run(_twilio_webhook(server.http_port, "+15559999999"))
         assert reject.find("./Reject") is not None and reject.find("./Connect") is None
@@ -128,7 +162,7 @@ def test_no_route_is_refused_on_each_door_with_a_reason(tmp_path: Path) -> None:
         assert "refused with 404: no route matches transport=sip callee='999'" in log
         assert "twilio call CA1 rejected: no route matches" in log
         metrics = server.metrics()
-        for door in ("sip", "twilio", "freeswitch"):
+        for door in ("sip", "twilio", "freeswitch", "audiosocket"):
             assert (f'switchboard_calls_rejected_total{{reason="no_route",transport="{door}"}}'
                     in metrics), door
 
