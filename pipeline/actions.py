@@ -23,11 +23,13 @@ from typing import Any
 from pipeline.leg import CallHandler, CallLeg, TransferError
 from pipeline.metrics import Metrics
 
-__all__ = ["ActionRules", "CallAction", "WithActions", "perform", "phrase_rules"]
+__all__ = ["ActionRules", "CallAction", "WithActions", "action_for_tool", "perform",
+           "phrase_rules", "tool_specs"]
 
 log = logging.getLogger(__name__)
 
 ACTIONS = ("transfer", "hangup", "send_dtmf")
+_DTMF = frozenset("0123456789*#ABCD")
 _NON_WORD = re.compile(r"[^\w\s']+")
 
 
@@ -66,6 +68,7 @@ class ActionRules:
     dtmf: Mapping[str, CallAction] = field(default_factory=dict)
     phrases: tuple[tuple[re.Pattern[str], CallAction], ...] = ()
     transfer_to: str | None = None  # what "transfer" means when asked without a target
+    tools: bool = False  # offer the actions to an LLM that supports tool calling
 
     def __bool__(self) -> bool:
         return bool(self.dtmf or self.phrases)
@@ -79,6 +82,45 @@ class ActionRules:
             if pattern.search(norm) or pattern.search(text):
                 return action
         return None
+
+
+def _tool(name: str, description: str, properties: dict[str, Any] | None = None
+          ) -> dict[str, Any]:
+    props = properties or {}
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": props, "required": sorted(props)}}}
+
+
+def tool_specs(rules: ActionRules) -> tuple[dict[str, Any], ...]:
+    """The actions as tools in the Ollama / OpenAI function format. The model picks
+    *whether* to transfer, never *where*: the target is the agent's transfer_to."""
+    if not rules.tools:
+        return ()
+    specs = [_tool("hang_up", "End the call. Only after the caller has said goodbye or "
+                   "asked to hang up.")]
+    if rules.transfer_to:
+        specs.insert(0, _tool("transfer_call", "Transfer the caller to a human colleague. Use "
+                              "it when the caller asks for a person, or you cannot help."))
+    specs.append(_tool("send_dtmf", "Send touch-tone digits on the line (to a phone menu).",
+                       {"digits": {"type": "string", "description": "digits 0-9, * and #"}}))
+    return tuple(specs)
+
+
+def action_for_tool(name: str, arguments: Mapping[str, Any], rules: ActionRules
+                    ) -> CallAction | None:
+    """The action a model's tool call asks for; None for unknown tools or bad arguments."""
+    if not rules.tools:
+        return None
+    if name == "transfer_call" and rules.transfer_to:
+        return CallAction("transfer", rules.transfer_to)
+    if name == "hang_up":
+        return CallAction("hangup")
+    if name == "send_dtmf":
+        digits = str(arguments.get("digits", "")).replace(" ", "")
+        if 0 < len(digits) <= 32 and all(d in _DTMF for d in digits):
+            return CallAction("send_dtmf", digits)
+    return None
 
 
 async def perform(leg: CallLeg, action: CallAction, *, metrics: Metrics | None = None) -> str:

@@ -24,12 +24,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 from media.clock import Clock
-from pipeline.actions import ActionRules, CallAction
+from pipeline.actions import ActionRules, CallAction, action_for_tool, tool_specs
 from pipeline.asr import AsrResult
 from pipeline.calllog import CallLog, TurnRecord
 from pipeline.chunking import ChunkPolicy, ClauseChunker, SpeechSanitizer, clean_inline
 from pipeline.engines import FILLERS, Engines
-from pipeline.llm import DEFAULT_SYSTEM_PROMPT, ConversationHistory
+from pipeline.llm import DEFAULT_SYSTEM_PROMPT, ConversationHistory, ToolCall
 from pipeline.metrics import Metrics
 from pipeline.speaker import Speaker, Spoken
 from pipeline.utterance import Speculation
@@ -195,7 +195,7 @@ class TurnRunner:
                     return "goodbye"
                 self.history.add_user(text)
             await self._answer(turn)
-            return "answered"
+            return "answered" if turn.action is None else "action"
         except StageFailed as e:
             self.fail(turn, e.stage, e.error)
             return "error"
@@ -276,11 +276,15 @@ class TurnRunner:
         self, turn: Turn, chunks: asyncio.Queue[str | None], speaking: asyncio.Task[None]
     ) -> None:
         e, s = self.engines, self.settings
+        extra: dict[str, Any] = {}
+        if getattr(e.llm, "supports_tools", False) and (tools := tool_specs(s.actions)):
+            extra["tools"] = tools  # the model may transfer, hang up or send DTMF
         job = partial(
             e.llm.stream_chat,
             self.history.messages(),
             max_tokens=s.max_tokens,
             temperature=s.temperature,
+            **extra,
         )
         sent = 0
 
@@ -309,6 +313,15 @@ class TurnRunner:
                         self._observe(turn, "llm_first_token", self.clock.now() - t0)
                         first = False
                     self.progress()
+                    if isinstance(piece, ToolCall):
+                        turn.action = action_for_tool(piece.name, piece.arguments, s.actions)
+                        self.calllog.event("tool_call", turn=turn.record.index,
+                                           name=piece.name[:40], used=turn.action is not None)
+                        if turn.action is not None:  # say what was said so far, then act
+                            put(chunker.push(sanitizer.flush()))
+                            put(chunker.flush())
+                            break
+                        continue
                     put(chunker.push(sanitizer.feed(piece)))
                     if speaking.done():  # TTS failed: stop generating, report its error
                         return
@@ -318,7 +331,7 @@ class TurnRunner:
                     put(chunker.push(sanitizer.flush()))
                     put(chunker.flush())
             self._observe(turn, "llm_total", self.clock.now() - t0)
-            if not sent:
+            if not sent and turn.action is None:
                 raise EmptyAnswer(f"{e.llm.name} said nothing speakable")
 
     async def _speak(self, turn: Turn, chunks: asyncio.Queue[str | None]) -> None:

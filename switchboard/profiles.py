@@ -112,7 +112,10 @@ def action_rules(agent: Agent) -> ActionRules:
     dtmf = {k: _action(a, agent.transfer_to) for k, a in agent.dtmf.items()}
     rules = [(r.words, r.regex, _action(r.action, agent.transfer_to))
              for r in getattr(agent, "phrases", ())]
-    return ActionRules(dtmf=dtmf, phrases=phrase_rules(rules), transfer_to=agent.transfer_to)
+    llm = getattr(agent, "llm", None)
+    tools = isinstance(agent, ConversationAgent) and (llm is None or llm.tools)
+    return ActionRules(dtmf=dtmf, phrases=phrase_rules(rules), transfer_to=agent.transfer_to,
+                       tools=tools)
 
 
 def conversation_settings(config: Config, agent: ConversationAgent) -> ConversationSettings:
