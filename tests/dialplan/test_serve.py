@@ -186,7 +186,7 @@ def test_reload_while_a_call_is_up(tmp_path: Path) -> None:
                  in server.metrics())
         ready = server.http_json("/readyz")
         assert ready["ready"] is True  # type: ignore[index]
-        assert "routes.3.match.callee" in ready["dialplan_reload_error"]  # type: ignore[index]
+        assert "routes.4.match.callee" in ready["dialplan_reload_error"]  # type: ignore[index]
         assert finished(held, tmp_path) == 0  # the held call ended by its own BYE
         sipp("uac_bye_from_server", server, tmp_path, "612")  # still the new plan
         calls = server.http_json("/calls?limit=10")["calls"]  # type: ignore[index]
