@@ -351,7 +351,9 @@ class OutboundCalls:
         if self._named(agent):
             return
         if agent is not None and agent not in ("echo", "conversation"):
-            raise ApiError(400, f"unknown agent {agent!r}; use 'echo' or 'conversation'")
+            known = ("'echo' or 'conversation'" if self.agent_names is None
+                     else "one of " + ", ".join(self.agent_names()))
+            raise ApiError(400, f"unknown agent {agent!r}; use {known}")
         if agent not in (None, "echo", self.default_agent):
             raise ApiError(400, f"agent {agent!r} is not loaded in this process "
                                 f"(it runs {self.default_agent!r})")

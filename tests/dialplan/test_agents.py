@@ -260,3 +260,26 @@ def test_check_config_prints_the_routing_table(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert out.returncode == 2
     assert f"{bad}, line 2: default: no agent named 'b' (agents: a)" in out.stderr
+
+
+def test_post_calls_may_name_any_dialplan_agent() -> None:
+    from media.clock import MonotonicClock
+    from switchboard.config import SipConfig
+    from switchboard.dial import OutboundCalls
+    from switchboard.http import ApiError
+
+    seen: list[CallInfo] = []
+
+    def handler_for(info: CallInfo) -> EchoHandler:
+        seen.append(info)
+        return EchoHandler()
+
+    calls = OutboundCalls(SipConfig(), handler_for=handler_for, default_agent="echo",
+                          clock=MonotonicClock(), metrics=Metrics(),
+                          agent_names=lambda: ["clinic", "echo-test"])
+    calls._check_agent("clinic")
+    calls._handler(CallInfo("o1", "sip", callee="+1555"), "clinic")
+    calls._handler(CallInfo("o2", "sip", callee="+1555"), None)
+    assert [i.agent for i in seen] == ["clinic", None]  # None: the dialplan routes it
+    with pytest.raises(ApiError, match="unknown agent 'nobody'; use one of clinic, echo-test"):
+        calls._check_agent("nobody")
