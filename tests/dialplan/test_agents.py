@@ -283,3 +283,33 @@ def test_post_calls_may_name_any_dialplan_agent() -> None:
     assert [i.agent for i in seen] == ["clinic", None]  # None: the dialplan routes it
     with pytest.raises(ApiError, match="unknown agent 'nobody'; use one of clinic, echo-test"):
         calls._check_agent("nobody")
+
+
+@pytest.mark.slow
+async def test_real_engines_for_a_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The packaged models: one Whisper/SmolLM2/Piper set for two conversation agents,
+    their greetings synthesized by Piper, and a spoken playback on its own Piper voice."""
+    from pipeline.tts import PiperTts
+
+    monkeypatch.setattr("switchboard.agents.make_tts", lambda s: PiperTts(s))
+    plan = load_text("""
+agents:
+  a: {kind: conversation, greeting: "Hello from A."}
+  b: {kind: conversation, greeting: "Hello from B.", llm: {temperature: 0.5}}
+  closed: {kind: playback, text: "We are closed."}
+default: a
+""", "real.yaml")
+    agents = Agents(Config(), metrics=Metrics(), plan=plan)
+    await agents.start()
+    try:
+        a = agents.make_handler(CallInfo("1", "sip"), "a")
+        b = agents.make_handler(CallInfo("2", "sip"), "b")
+        assert a.engines is b.engines  # type: ignore[attr-defined]
+        phrases = a.engines.phrases  # type: ignore[attr-defined]
+        assert a.settings.greeting in phrases and b.settings.greeting in phrases  # type: ignore[attr-defined]
+        assert len(phrases.get(b.settings.greeting)) > 8000  # type: ignore[attr-defined]
+        closed = agents.make_handler(CallInfo("3", "sip"), "closed")
+        assert isinstance(closed, PlaybackHandler) and closed.rate == 22050
+        assert len(closed.pcm) > closed.rate  # ~0.5 s or more of speech
+    finally:
+        await agents.aclose()
