@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from streams.audiosocket_frames import FrameReader, Kind, audio_frame, uuid_frame
+from streams.twilio_messages import Connected, Start
 from tests.helpers import Server, free_port, switchboard
 
 pytestmark = pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp not installed")
@@ -109,6 +110,19 @@ async def _twilio_webhook(port: int, to: str) -> ET.Element:
             return ET.fromstring(await resp.text())
 
 
+async def _twilio_stream_close(port: int, to: str) -> int | None:
+    """A stream whose start message names a number no route takes (as if the webhook
+    had been bypassed): closed with 1008."""
+    params = {"From": "+15550001111", "To": to, "CallSid": "CA2"}
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"ws://127.0.0.1:{port}/twilio/stream") as ws:
+            await ws.send_str(Connected().to_json())
+            await ws.send_str(Start("MZ2", "CA2", "AC1", 1, ("inbound",), params).to_json())
+            msg = await ws.receive(timeout=10)
+            assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            return ws.close_code
+
+
 async def _freeswitch_close(port: int, metadata: str) -> int | None:
     async with aiohttp.ClientSession() as session:
         async with session.ws_connect(f"ws://127.0.0.1:{port}/freeswitch") as ws:
@@ -158,6 +172,7 @@ def test_no_route_is_refused_on_each_door_with_a_reason(tmp_path: Path) -> None:
         assert routed.find("./Connect/Stream") is not None
         code = asyncio.run(_freeswitch_close(server.http_port, '{"callee": "999"}'))
         assert code == 1008  # policy violation: no agent for this call
+        assert asyncio.run(_twilio_stream_close(server.http_port, "+15559999999")) == 1008
         log = server.log()
         assert "refused with 404: no route matches transport=sip callee='999'" in log
         assert "twilio call CA1 rejected: no route matches" in log
