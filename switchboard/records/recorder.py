@@ -37,7 +37,7 @@ from pipeline.leg import CallHandler, CallInfo, CallLeg
 from pipeline.metrics import Metrics
 from pipeline.record import redact_digits, redact_fields
 from switchboard.config import RecordsConfig
-from switchboard.records import check_backend, open_store
+from switchboard.records import check_backend, describe, open_store
 from switchboard.records.store import (
     CallAnswered,
     CallEnded,
@@ -273,7 +273,12 @@ class Recorder:
 
     async def start(self) -> None:
         # Create the file and its tables now, so readers find them before the first call.
-        await asyncio.to_thread(self.writer.open)
+        if await asyncio.to_thread(self.writer.open):
+            log.info("call records: %s (%s)", describe(self.config), self.config.backend)
+        else:  # the writer has logged why; calls are taken all the same
+            log.error("call records: %s cannot be written now (%s); calls go on, their "
+                      "records wait in memory and are written when it is back",
+                      describe(self.config), self.writer.failing)
         self.writer.start()
         self._next_purge = self.clock.now() + min(60.0, self.purge_every_s)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="call-records")
@@ -312,4 +317,8 @@ class Recorder:
             store.close()
 
     def readiness(self) -> dict[str, Any]:
-        return {"records": {"pending": self.writer.pending, "failing": self.writer.failing}}
+        """Records are best effort: a database out of reach is reported, not a reason to
+        refuse calls."""
+        return {"records": {"backend": self.config.backend, "store": describe(self.config),
+                            "pending": self.writer.pending, "failing": self.writer.failing,
+                            "error": self.writer.last_error}}
