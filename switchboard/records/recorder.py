@@ -16,6 +16,7 @@ The app's handler factory wraps every agent handler in a RecordedHandler, so eve
 A call whose handler was made but that never reached either (a CANCEL while ringing)
 is closed as "not_answered" after `abandon_s`. Retention runs from the same tick: a
 bounded purge every `purge_every_s`, again at once while a purge finds a full batch.
+The same moments count the call metrics by agent (agentstats.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from pipeline.metrics import Metrics
 from pipeline.record import redact_digits, redact_fields
 from switchboard.config import RecordsConfig
 from switchboard.records import check_backend, describe, open_store
+from switchboard.records.agentstats import AgentCallStats
 from switchboard.records.store import (
     CallAnswered,
     CallEnded,
@@ -90,6 +92,7 @@ class CallRecording:
         self._dtmf: list[str] = []
         self._barge_ins = self._errors = self._turns = 0
         self._ending: str | None = None
+        self.stats = AgentCallStats(recorder.metrics, info.transport, agent)
         recorder.submit(CallStarted(
             uid=self.uid, call_id=info.call_id, transport=info.transport,
             direction=info.params.get("direction", "inbound"), caller=info.caller,
@@ -99,6 +102,7 @@ class CallRecording:
     def answered(self) -> None:
         if self.answered_at is None and not self.ended:
             self.answered_at = self.recorder.clock.now()
+            self.stats.answered()
             self.recorder.submit(CallAnswered(self.uid, self.recorder.wall()))
 
     def attach(self, calllog: CallLog | None) -> None:
@@ -165,6 +169,8 @@ class CallRecording:
             return
         self.collect()
         self.ended = True
+        self.stats.ended(outcome, None if self.answered_at is None
+                         else self.recorder.clock.now() - self.answered_at)
         summary = {"dtmf": "".join(self._mask(d) for d in self._dtmf),
                    "barge_ins": self._barge_ins, "errors": self._errors}
         self.recorder.submit(CallEnded(
@@ -233,6 +239,7 @@ class Recorder:
         check_backend(config)  # ConfigError now, not at the first call
         self.config = config
         self.agent = agent
+        self.metrics = metrics  # the agent-labelled call metrics (agentstats)
         self.clock = clock
         self.wall = wall
         self.node = f"{socket.gethostname()}:{os.getpid()}"
