@@ -119,7 +119,7 @@ def _scrub(text: str, dsn: str) -> str:
     for secret in (dsn, password):
         if secret:
             text = text.replace(secret, "***")
-    return text.strip()
+    return " ".join(text.split())  # libpq's hints come on lines of their own: one line
 
 
 def _kind(exc: psycopg.Error) -> str:
