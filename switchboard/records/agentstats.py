@@ -13,11 +13,31 @@ from pipeline.metrics import Metrics
 from sip.call import OUTCOMES as SIP_OUTCOMES
 from streams.leg import OUTCOMES as STREAM_OUTCOMES
 
-__all__ = ["OUTCOMES", "AgentCallStats"]
+__all__ = ["MAX_AGENTS", "OUTCOMES", "AgentCallStats", "AgentLabels"]
 
 # The outcome label: what the doors end calls with, plus the recorder's own; anything
 # else is counted as "error" (as sip.call does), so the label stays bounded.
 OUTCOMES = SIP_OUTCOMES | STREAM_OUTCOMES | {"not_answered"}
+
+
+MAX_AGENTS = 64
+
+
+class AgentLabels:
+    """Keeps the agent label bounded whatever a dialplan passes: the first `limit` names
+    seen are labels, later ones are counted as "other" (the record keeps the real name)."""
+
+    def __init__(self, limit: int = MAX_AGENTS) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+
+    def __call__(self, agent: str) -> str:
+        if agent in self._seen:
+            return agent
+        if not agent or len(self._seen) >= self.limit:
+            return "other"
+        self._seen.add(agent)
+        return agent
 
 
 class AgentCallStats:

@@ -39,7 +39,7 @@ from pipeline.metrics import Metrics
 from pipeline.record import redact_digits, redact_fields
 from switchboard.config import RecordsConfig
 from switchboard.records import check_backend, describe, open_store
-from switchboard.records.agentstats import AgentCallStats
+from switchboard.records.agentstats import AgentCallStats, AgentLabels
 from switchboard.records.store import (
     CallAnswered,
     CallEnded,
@@ -92,7 +92,8 @@ class CallRecording:
         self._dtmf: list[str] = []
         self._barge_ins = self._errors = self._turns = 0
         self._ending: str | None = None
-        self.stats = AgentCallStats(recorder.metrics, info.transport, agent)
+        self.stats = AgentCallStats(recorder.metrics, info.transport,
+                                    recorder.agent_labels(agent))
         recorder.submit(CallStarted(
             uid=self.uid, call_id=info.call_id, transport=info.transport,
             direction=info.params.get("direction", "inbound"), caller=info.caller,
@@ -240,6 +241,7 @@ class Recorder:
         self.config = config
         self.agent = agent
         self.metrics = metrics  # the agent-labelled call metrics (agentstats)
+        self.agent_labels = AgentLabels()
         self.clock = clock
         self.wall = wall
         self.node = f"{socket.gethostname()}:{os.getpid()}"

@@ -19,10 +19,17 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
     return metrics.registry.get_sample_value(name, labels)
 
 
-async def test_calls_are_counted_by_transport_and_agent(tmp_path: Path) -> None:
+def recorder(tmp_path: Path, agent: str) -> tuple[Recorder, ManualClock, Metrics]:
     clock, metrics = ManualClock(), Metrics(CollectorRegistry())
-    rec = Recorder(RecordsConfig(path=str(tmp_path / "calls.db")), agent="echo",
+    rec = Recorder(RecordsConfig(path=str(tmp_path / "calls.db")), agent=agent,
                    metrics=metrics, clock=clock)
+    assert rec.writer.open()
+    rec.writer.start()
+    return rec, clock, metrics
+
+
+async def test_calls_are_counted_by_transport_and_agent(tmp_path: Path) -> None:
+    rec, clock, metrics = recorder(tmp_path, "echo")
     sales = rec.wrap(info("s1"), Echo(), agent="sales")  # a dialplan picked the agent
     default = rec.wrap(info("d1"), Echo())  # no dialplan: the configured agent
     await sales.on_start(Leg(info("s1")))
@@ -70,3 +77,21 @@ async def test_shutdown_ends_the_calls_still_up(tmp_path: Path) -> None:
     labels = dict(transport="twilio", agent="conversation")
     assert sample(metrics, "switchboard_agent_calls_active", **labels) == 0
     assert sample(metrics, "switchboard_agent_calls_total", outcome="shutdown", **labels) == 1
+
+
+async def test_the_agent_label_stays_bounded(tmp_path: Path) -> None:
+    rec, _, metrics = recorder(tmp_path, "echo")
+    rec.agent_labels.limit = 2
+    for n, agent in enumerate(["", "a", "b", "a"]):  # "": the configured agent, echo
+        rec.wrap(info(f"x{n}"), Echo(), agent=agent).call_closed("ack_timeout")
+    counted = {agent: sample(metrics, "switchboard_agent_calls_total", transport="sip",
+                             agent=agent, outcome="ack_timeout")
+               for agent in ("echo", "a", "b", "other")}
+    assert counted == {"echo": 1, "a": 2, "b": None, "other": 1}
+    assert rec.writer.flush(10)
+    from switchboard.records import open_store
+    from switchboard.records.store import CallQuery
+
+    stored = {c["agent"] for c in open_store(rec.config, readonly=True).list_calls(CallQuery())}
+    assert stored == {"a", "b", "echo"}  # the records keep every real name
+    rec.writer.close()
