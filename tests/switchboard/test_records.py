@@ -229,8 +229,9 @@ def test_a_reader_never_creates_the_database(tmp_path: Path) -> None:
     assert not (tmp_path / "none.db").exists()
 
 
-@without_psycopg
-def test_postgres_without_psycopg_is_a_config_error(tmp_path: Path) -> None:
+def test_postgres_without_psycopg_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed: import fails
+    monkeypatch.delitem(sys.modules, "switchboard.records.postgres", raising=False)
     cfg = RecordsConfig(backend="postgres", dsn="postgresql://u@h/db")
     with pytest.raises(ConfigError, match="postgresql backend needs the psycopg package"):
         open_store(cfg)
