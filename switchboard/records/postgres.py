@@ -208,7 +208,9 @@ class PostgresStore:
             self._conn = self._connect()  # the server went away and may be back
         purged = 0
         try:
-            with self._conn.transaction():
+            # Pipeline mode: the batch's statements go out without waiting for each
+            # answer, one round trip per batch instead of one per write (a remote server).
+            with self._conn.pipeline(), self._conn.transaction():
                 for op in ops:
                     purged += self._apply(op)
         except psycopg.Error as exc:
