@@ -131,6 +131,9 @@ class AsrConfig(_Section):
     language: str = "en"
     cpu_threads: int = Field(default=2, ge=1)
     hint: str | None = None
+    # Whisper's encoder sees this much (or the utterance + 2 s) instead of 30 s: ~4x
+    # faster on CPU; null restores the full window.
+    min_window_s: float | None = Field(default=10.0, ge=3, le=30)
 
 
 class LlmConfig(_Section):
