@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import threading
-from typing import Any
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -22,7 +23,7 @@ from switchboard.records.postgres import PostgresStore, describe_dsn
 from switchboard.records.recorder import Recorder
 from switchboard.records.store import CallEnded, CallQuery, RecordStoreError, TurnSaved
 from switchboard.records.writer import RecordWriter
-from tests.helpers import EXE, free_port
+from tests.helpers import EXE, free_port, switchboard
 from tests.postgres import PASSWORD, PostgresServer
 from tests.switchboard.test_records import T0, Echo, Leg, errors, info, started
 
@@ -150,7 +151,7 @@ def test_a_write_the_server_refuses_is_given_up_alone(postgres_dsn: str) -> None
     assert writer.close() == 0
 
 
-def test_the_password_is_never_shown(tmp_path: Any) -> None:
+def test_the_password_is_never_shown(tmp_path: Path) -> None:
     assert describe_dsn(f"host=db.example port=6432 user=sb password={PASSWORD} dbname=calls"
                         ) == "postgresql://sb@db.example:6432/calls"
     with pytest.raises(ConfigError, match="not a PostgreSQL connection string") as e:
@@ -174,3 +175,36 @@ def test_the_password_is_never_shown(tmp_path: Any) -> None:
         calls.stderr)
     for out in (check.stdout + check.stderr, calls.stdout + calls.stderr):
         assert PASSWORD not in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("sipp") is None, reason="SIPp (sip-tester) not installed")
+def test_a_real_server_takes_calls_while_the_database_is_away(
+        tmp_path: Path, postgres_server: PostgresServer) -> None:
+    """`switchboard serve` whose database does not exist yet: ready all the same, says why
+    records fail, takes a SIPp call; once the database is there, the record is written."""
+    from tests.switchboard.test_records_api import finished, get, sipp, wait_for
+
+    name = f"away_{os.getpid()}"
+    env = {"SWITCHBOARD_RECORDS__BACKEND": "postgresql",
+           "SWITCHBOARD_RECORDS__DSN": postgres_server.dsn(name),
+           "SWITCHBOARD_SIP__RTP_PORT_MIN": "43800", "SWITCHBOARD_SIP__RTP_PORT_MAX": "43898"}
+    with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+        code, ready = get(server, "/readyz")
+        assert code == 200 and ready["records"]["failing"] == "unavailable", ready
+        assert f'database "{name}" does not exist' in ready["records"]["error"]
+        assert finished(sipp(server, tmp_path, "-sn", "uac", "-d", "200")) == 0
+        assert "switchboard_records_write_errors_total{kind=\"unavailable\"}" in (
+            server.metrics())
+        code, body = get(server, "/calls")
+        assert code == 503 and "call records cannot be read (unavailable)" in body["error"]
+
+        postgres_server.admin(f"CREATE DATABASE {name}")
+        [call] = wait_for("the call's record, once the database exists",
+                          lambda: [c for c in get(server, "/calls")[1].get("calls", [])
+                                   if c["outcome"]], timeout=40)
+        assert (call["outcome"], call["agent"], call["transport"]) == ("remote_bye", "echo",
+                                                                      "sip")
+        assert get(server, "/readyz")[1]["records"]["failing"] is None
+    assert PASSWORD not in server.log()
+    assert "call records: writing again after unavailable" in server.log()
