@@ -48,25 +48,33 @@ class ReplyTracker:
         if mode not in ("answer", "echo"):
             raise ValueError(f"mode must be answer or echo, got {mode!r}")
         self.mode = mode
-        self.question: tuple[float, float] | None = None
+        self.started: float | None = None  # the question's first voiced frame left then
+        self.ended: float | None = None  # and its last one
         self.onset: float | None = None
         self._prev_loud = False
         self._skipping = False
 
-    def question_sent(self, start: float, end: float) -> None:
-        """The question's first and last voiced frames left at `start` and `end`."""
-        self.question = (start, end)
+    def question_started(self, t: float) -> None:
+        self.started = t
+
+    def question_ended(self, t: float) -> None:
+        self.ended = t
         self._skipping = self._prev_loud  # a run sounding now is not the reply
+
+    @property
+    def question(self) -> tuple[float, float] | None:
+        if self.started is None or self.ended is None:
+            return None
+        return self.started, self.ended
 
     def frame(self, t: float, loud: bool) -> None:
         if self.onset is not None:
             return
-        q = self.question
         if self.mode == "echo":
-            if q is not None and loud and t >= q[0]:
+            if self.started is not None and loud and t >= self.started:
                 self.onset = t
             return
-        if q is None or t < q[1]:
+        if self.ended is None or t < self.ended:
             self._prev_loud = loud
             return
         if self._skipping:
@@ -78,9 +86,8 @@ class ReplyTracker:
     @property
     def latency(self) -> float | None:
         """Seconds from the end (answer) or start (echo) of the question to the reply."""
-        if self.onset is None or self.question is None:
-            return None
-        return self.onset - self.question[1 if self.mode == "answer" else 0]
+        since = self.ended if self.mode == "answer" else self.started
+        return None if self.onset is None or since is None else self.onset - since
 
 
 class BargeinTracker:
