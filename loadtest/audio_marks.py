@@ -99,9 +99,13 @@ class BargeinTracker:
         self._run_end: float | None = None  # last loud frame of the run that was cut
         self.stopped_at: float | None = None
 
+    def talking(self, t: float) -> bool:
+        """Was a loud frame received within TALKING_WINDOW_S before `t`?"""
+        return self._last_loud is not None and t - self._last_loud <= TALKING_WINDOW_S
+
     def interruption_sent(self, t: float) -> None:
         self.sent_at = t
-        recent = self._last_loud is not None and t - self._last_loud <= TALKING_WINDOW_S
+        recent = self.talking(t)
         self.talking_at_onset = recent
         self._run_end = self._last_loud if recent else None
 

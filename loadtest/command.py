@@ -80,10 +80,11 @@ def add_loadtest_command(sub: Any) -> None:
     sip.add_argument("--codec", choices=["PCMU", "PCMA"], default="PCMU")
     tw = modes.add_parser("twilio", help="Twilio Media Streams over WebSocket")
     _common(tw)
-    tw.add_argument("--listen", type=float, default=8.0,
-                    help="seconds of listening after the question (8)")
+    tw.add_argument("--listen", type=float, default=12.0,
+                    help="seconds of listening after the question (12)")
     tw.add_argument("--bargein-after", type=float, default=1.0,
-                    help="--bargein: seconds after the reply starts (1.0)")
+                    help="--bargein: at least this long after the reply starts, while it "
+                         "is heard (1.0)")
     p.set_defaults(func=main)
 
 

@@ -7,9 +7,9 @@ Each stream sends what Twilio sends (the documented `connected`, `start`, then a
 - `lead_s` of silence (the greeting plays), the question, then silence while it listens;
 - response latency: end of the question -> the first loud reply frame received
   (loadtest.audio_marks; with the echo agent: start of the question -> its echo);
-- barge-in (with an interruption clip): `bargein_after_s` after the reply started it
-  says the interruption over it, and measures onset -> `clear` received and onset ->
-  the reply audio stopping;
+- barge-in (with an interruption clip): at least `bargein_after_s` after the reply
+  started, while reply audio is arriving, it says the interruption over it, and
+  measures onset -> `clear` received and onset -> the reply audio stopping;
 - the call lasts until `listen_s` after the question (and 3 s after the interruption).
 
 Streams start at `rate` per second, at most `concurrency` at once, `calls` in all. Every
@@ -51,7 +51,7 @@ class TwilioScenario:
     questions: list[np.ndarray]  # 8 kHz int16 clips, call i asks questions[i % n]
     interruption: np.ndarray | None = None  # said over the reply, when given
     lead_s: float = 4.0
-    listen_s: float = 8.0
+    listen_s: float = 12.0
     bargein_after_s: float = 1.0
     mode: str = "answer"  # "answer" | "echo": what the latency is measured from
     time_limit_s: float = 600.0
@@ -205,7 +205,9 @@ class _Call:
             if k == voiced[-1]:
                 r.reply.question_ended(self.now())
             if (self.interruption and interrupt_from is None and r.reply.onset is not None
-                    and self.now() >= r.reply.onset + s.bargein_after_s and k >= len(plan)):
+                    and k >= len(plan) and r.bargein is not None
+                    and self.now() >= r.reply.onset + s.bargein_after_s
+                    and r.bargein.talking(self.now())):
                 interrupt_from = k + 1
                 end = max(end, interrupt_from + extra)
             k += 1
@@ -213,7 +215,14 @@ class _Call:
     async def read(self) -> None:
         assert self.ws is not None
         r = self.result
-        async for msg in self.ws:
+        why = ""
+        while True:  # ends when the socket closes; run() cancels it after its stop
+            msg = await self.ws.receive()
+            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
+                            aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                why = f": {msg.extra}" if msg.type is aiohttp.WSMsgType.CLOSE and msg.extra \
+                    else ""
+                break
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             try:
@@ -239,7 +248,7 @@ class _Call:
             except (aiohttp.ClientError, ConnectionError):
                 break
         if r.status != "completed":
-            self.closed_by_server = f"closed by the server (code {self.ws.close_code})"
+            self.closed_by_server = f"closed by the server ({self.ws.close_code}{why})"
 
 
 class Progress:
