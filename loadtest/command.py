@@ -128,9 +128,10 @@ def _server(args: argparse.Namespace, agent: str, workdir: Path,
 
 
 def _rtp_range(calls: int) -> tuple[int, int]:
-    """A range of its own for the local server (others may run on this host)."""
+    """A range of its own for the local server (others may run on this host), below
+    Linux's ephemeral ports (32768 and up), where SIPp's own ports come from."""
     width = max(200, 4 * calls + 64)
-    base = 32000 + (os.getpid() % 40) * 200
+    base = 12000 + (os.getpid() % 40) * 400
     return base, min(65535, base + width)
 
 

@@ -84,7 +84,7 @@ def sipp_command(s: SipScenario, scenario: Path, limit_s: float) -> list[str]:
     local = "127.0.0.1" if host.startswith("127.") or host == "localhost" else "0.0.0.0"
     return [
         "sipp", "-sf", str(scenario), "-t", "u1", "-i", local,
-        "-p", str(free_udp_port()), "-mp", str(free_udp_port(pair=True)),
+        "-p", str(free_udp_port()), "-mp", str(_media_port(s.rtp_ports)),
         "-l", str(s.concurrency), "-m", str(s.calls), "-r", f"{s.rate:g}",
         "-d", str(round(s.hold_s * 1000)),
         "-trace_stat", "-stf", "sipp_stats.csv", "-fd", "1",
@@ -92,6 +92,16 @@ def sipp_command(s: SipScenario, scenario: Path, limit_s: float) -> list[str]:
         "-trace_err", "-error_file", "sipp_errors.log",
         "-timeout", f"{math.ceil(limit_s)}s", "-timeout_error", "-nostdin", s.target,
     ]
+
+
+def _media_port(avoid: tuple[int, int]) -> int:
+    """SIPp's RTP port: free, and outside the server's range (the capture tells the two
+    directions apart by it)."""
+    for _ in range(50):
+        port = free_udp_port(pair=True)
+        if not avoid[0] - 1 <= port <= avoid[1]:
+            return port
+    raise CapacityError(f"no free UDP port outside {avoid[0]}-{avoid[1]} for SIPp's RTP")
 
 
 def sipp_timeline(text: str) -> list[dict[str, float]]:

@@ -255,8 +255,8 @@ class Progress:
     """`[#####-----] 3/10 done, 2 active, 0 failed, 12 s` on stderr, at most every 0.5 s;
     also the client's active-stream count over time, for the report."""
 
-    def __init__(self, total: int, out: TextIO = sys.stderr, width: int = 30) -> None:
-        self.total, self.out, self.width = total, out, width
+    def __init__(self, total: int, out: TextIO | None = None, width: int = 30) -> None:
+        self.total, self.out, self.width = total, out or sys.stderr, width
         self.done = self.failed = self.active = 0
         self.timeline: list[dict[str, float]] = []
 
@@ -269,7 +269,7 @@ class Progress:
         self.timeline.append({"t": round(t, 2), "active": self.active})
 
 
-async def run_streams(s: TwilioScenario, progress_out: TextIO = sys.stderr
+async def run_streams(s: TwilioScenario, progress_out: TextIO | None = None
                       ) -> tuple[list[StreamResult], list[dict[str, float]]]:
     """Every stream of the scenario; (results in call order, client active timeline)."""
     if not s.questions:
