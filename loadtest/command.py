@@ -73,8 +73,9 @@ def add_loadtest_command(sub: Any) -> None:
     _common(sip)
     sip.add_argument("--hold", type=float, help="seconds from answer to BYE (default: the "
                                                 "audio plus 8 s)")
-    sip.add_argument("--bargein-at", type=float, default=2.0,
-                     help="--bargein: seconds after the question's end (2.0)")
+    sip.add_argument("--bargein-at", type=float, default=6.0,
+                     help="--bargein: seconds after the question's end (6.0; answers "
+                          "start 1-5 s after it here)")
     sip.add_argument("--rtp-ports", type=_port_range, help="with --target: its RTP range")
     sip.add_argument("--interface", default="lo", help="where to capture RTP (lo)")
     sip.add_argument("--codec", choices=["PCMU", "PCMA"], default="PCMU")

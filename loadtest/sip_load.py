@@ -56,7 +56,7 @@ class SipScenario:
     hold_s: float
     question: Path  # WAV
     interruption: Path | None = None
-    bargein_at_s: float = 2.0  # after the end of the question
+    bargein_at_s: float = 6.0  # after the end of the question
     lead_s: float = 4.0
     mode: str = "answer"  # or "echo"
     interface: str = "lo"
