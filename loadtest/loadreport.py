@@ -97,7 +97,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     server_barge = s.get("bargein_latency_ms", {"n": 0})
     if b["attempted"] or server_barge["n"]:
         lines += [
-            f"{b['attempted']} interruptions sent, the bot talking at "
+            f"Interruptions sent: {b['attempted']}; the bot was talking at "
             f"{b['bot_talking_at_onset']} of them, `clear` received for "
             f"{b['clear_received']}; the server counted {s.get('bargeins', 0)} barge-ins.", "",
             "| measure | n | p50 | p95 | p99 | max |", "|---|---:|---:|---:|---:|---:|",

@@ -210,12 +210,18 @@ def analyse_capture(data: bytes, ports: tuple[int, int], plan: dict[str, float],
             "start": start, "end": packets[-1][0], "frames_in": len(sent),
             "frames_out": len(packets) - len(sent),
             "latency_ms": None if lat is None else round(lat * 1000, 1),
+            "question": [question[0], question[-1]] if question else None,
+            "reply_onset": reply.onset,
         }
         if onset is not None:
             call["bargein"] = {"talking_at_onset": barge.talking_at_onset,
                                "stop_ms": _ms(barge.stop_latency), "clear_ms": None}
         out.append(call)
     return out
+
+
+def _since(t: float | None, t0: float) -> float | None:
+    return None if t is None else round(t - t0, 3)
 
 
 def _ms(x: float | None) -> float | None:
@@ -266,8 +272,10 @@ def run_sip(s: SipScenario, workdir: Path) -> dict[str, Any]:
         calls = []
         counts["capture_error"] = str(e)
     for c in calls:  # capture clock (epoch) -> seconds after the run started
-        c["started_s"], c["ended_s"] = round(c.pop("start") - wall0, 3), round(
-            c.pop("end") - wall0, 3)
+        c["started_s"], c["ended_s"] = _since(c.pop("start"), wall0), _since(c.pop("end"), wall0)
+        q = c.pop("question")
+        c["question_s"] = [_since(q[0], wall0), _since(q[1], wall0)] if q else None
+        c["reply_onset_s"] = _since(c.pop("reply_onset"), wall0)
     failures = dict(counts["failure_kinds"])
     if timed_out or sipp.returncode not in (0, 1):
         failures.setdefault(f"sipp exit {sipp.returncode}" + (" (timed out)" if timed_out

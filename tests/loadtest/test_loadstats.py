@@ -219,6 +219,8 @@ def test_sip_capture_gives_each_calls_latency_and_bargein_stop_on_the_wire():
     assert [c["latency_ms"] for c in calls] == [pytest.approx(625.0), pytest.approx(625.0),
                                                 None]
     assert all(c["frames_in"] == 150 and "bargein" not in c for c in calls)
+    assert calls[0]["question"] == [100.4, pytest.approx(101.18)]
+    assert calls[0]["reply_onset"] == pytest.approx(101.805)
     (call,) = analyse_capture(_capture([(5.0, 30004, barge, cut)]), (30000, 30010),
                               {"interruption_s": 3.0})
     assert call["bargein"]["talking_at_onset"] is True

@@ -46,6 +46,7 @@ def test_sip_echo_run_and_a_refused_call(tmp_path, capsys):
     answered = [c for c in r["per_call"] if c["frames_out"] > 0]
     assert len(answered) == 2 and all(c["latency_ms"] > 0 for c in answered)
     assert r["response_latency_ms"]["n"] == 2
+    assert all(c["reply_onset_s"] > c["question_s"][0] for c in answered)
     server = r["server"]
     assert server["scraped"] and server["calls_by_outcome"] == {"remote_bye": 2}
     assert server["rss_mb"]["after"] > 0 and server["cpu_pct_of_core"] is not None
