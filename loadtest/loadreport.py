@@ -73,6 +73,9 @@ def _pct_row(name: str, p: dict[str, Any]) -> str:
 def render_markdown(r: dict[str, Any]) -> str:
     c, s, b = r["calls"], r["server"], r["bargein"]
     failures = ", ".join(f"{k}: {v}" for k, v in c.get("failures", {}).items()) or "none"
+    if c.get("failure_responses"):
+        failures += " (SIP responses instead of the expected one: " + ", ".join(
+            f"{k}: {v}" for k, v in c["failure_responses"].items()) + ")"
     settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items())
     lines = [
         f"# Switchboard load test: {r['mode']}", "",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import shutil
 import struct
 import subprocess
@@ -39,7 +40,7 @@ from loadtest.sip_capacity import CapacityError, capture, free_udp_port, scenari
 from loadtest.wav2pcap import RATE, read_wav_8k
 from media.g711 import alaw_decode, ulaw_decode
 
-__all__ = ["SipScenario", "analyse_capture", "run_sip", "sipp_timeline"]
+__all__ = ["SipScenario", "analyse_capture", "run_sip", "sipp_error_responses", "sipp_timeline"]
 
 GAP_S = 2.0  # no packet on a port for this long: the next packets are another call
 _UDP = struct.Struct("!HHHH")
@@ -104,6 +105,19 @@ def _media_port(avoid: tuple[int, int]) -> int:
     raise CapacityError(f"no free UDP port outside {avoid[0]}-{avoid[1]} for SIPp's RTP")
 
 
+_UNEXPECTED = re.compile(r"received 'SIP/2\.0 (\d{3}[^\r\n']*)")
+
+
+def sipp_error_responses(text: str) -> dict[str, int]:
+    """The SIP responses that failed calls got instead of what the scenario expected,
+    from SIPp's -trace_err log: {"503 Service Unavailable": 2, ...}."""
+    out: dict[str, int] = {}
+    for status in _UNEXPECTED.findall(text):
+        status = status.strip()
+        out[status] = out.get(status, 0) + 1
+    return out
+
+
 def sipp_timeline(text: str) -> list[dict[str, float]]:
     """SIPp's -trace_stat rows as [{t, active, completed, failed}] (t: seconds since start)."""
     lines = [line for line in text.splitlines() if line.strip()]
@@ -115,7 +129,8 @@ def sipp_timeline(text: str) -> list[dict[str, float]]:
         row = dict(zip(head, line.split(";"), strict=False))
         hms = row.get("ElapsedTime(C)", "").split(":")
         try:
-            t = int(hms[0]) * 3600 + int(hms[1]) * 60 + float(hms[2])
+            t = int(hms[0]) * 3600 + int(hms[1]) * 60 + int(hms[2])  # HH:MM:SS:micros
+            t += int(hms[3]) / 1e6 if len(hms) > 3 else 0.0
             out.append({"t": t, "active": int(row.get("CurrentCall") or 0),
                         "completed": int(row.get("SuccessfulCall(C)") or 0),
                         "failed": int(row.get("FailedCall(C)") or 0)})
@@ -277,6 +292,8 @@ def run_sip(s: SipScenario, workdir: Path) -> dict[str, Any]:
         c["question_s"] = [_since(q[0], wall0), _since(q[1], wall0)] if q else None
         c["reply_onset_s"] = _since(c.pop("reply_onset"), wall0)
     failures = dict(counts["failure_kinds"])
+    errors_log = workdir / "sipp_errors.log"
+    errors = errors_log.read_text(errors="replace") if errors_log.exists() else ""
     if timed_out or sipp.returncode not in (0, 1):
         failures.setdefault(f"sipp exit {sipp.returncode}" + (" (timed out)" if timed_out
                                                              else ""), 0)
@@ -285,6 +302,7 @@ def run_sip(s: SipScenario, workdir: Path) -> dict[str, Any]:
                  "capture_dropped": cap.get("dropped")},
         "calls": {"attempted": counts["attempted"], "completed": counts["completed"],
                   "failed": counts["failed"], "failures": failures,
+                  "failure_responses": sipp_error_responses(errors),
                   "peak_concurrent": counts["max_concurrent"]},
         "plan": {**plan, "call_audio_s": round(call_s, 2)},
         "per_call": calls,

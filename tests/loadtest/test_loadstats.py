@@ -226,3 +226,34 @@ def test_sip_capture_gives_each_calls_latency_and_bargein_stop_on_the_wire():
     assert call["bargein"]["talking_at_onset"] is True
     assert call["bargein"]["stop_ms"] == pytest.approx(205.0)  # last loud frame 3.185 + 20 ms
     assert analyse_capture(data, (40000, 40010), {}) == []  # other ports: not ours
+
+
+def test_sipp_outputs_read_back():
+    from loadtest.sip_load import sipp_error_responses, sipp_timeline
+
+    head = "StartTime;ElapsedTime(C);CurrentCall;SuccessfulCall(C);FailedCall(C)"
+    rows = ["x;00:00:01:000000;2;0;0", "x;00:00:02:500000;1;1;0", "bad", "x;00:01:00:0;0;2;1"]
+    assert sipp_timeline("\n".join([head, *rows])) == [
+        {"t": 1.0, "active": 2, "completed": 0, "failed": 0},
+        {"t": 2.5, "active": 1, "completed": 1, "failed": 0},
+        {"t": 60.0, "active": 0, "completed": 2, "failed": 1}]
+    assert sipp_timeline("") == []
+    log = ("Aborting call on unexpected message for Call-Id '3-1@127.0.0.1': while expecting "
+           "'180' (index 2), received 'SIP/2.0 503 Service Unavailable\nVia: x\n"
+           "... received 'SIP/2.0 486 Busy Here\n... received 'SIP/2.0 503 Service Unavailable\n")
+    assert sipp_error_responses(log) == {"503 Service Unavailable": 2, "486 Busy Here": 1}
+
+
+def test_a_report_without_calls_or_metrics_still_renders(tmp_path):
+    from loadtest.loadreport import build_report, write_report
+
+    raw = {"calls": {"attempted": 0, "completed": 0, "failed": 0, "failures": {}},
+           "per_call": [], "timeline_client": [], "timeline_server": [],
+           "metrics_before": {}, "metrics_after": {}, "wall_s": 1.0}
+    report = build_report(mode="twilio", target="ws://x", agent=None, latency_mode="answer",
+                          settings={"calls": 0}, raw=raw)
+    files = write_report(report, tmp_path / "r")
+    assert all(path.stat().st_size > 0 for path in files.values())
+    md = files["md"].read_text()
+    assert "| 0 | 0 | 0 |" in md and "were not scraped" in md
+    assert report["response_latency_ms"] == {"n": 0} and report["server"] == {"scraped": False}

@@ -42,6 +42,8 @@ def test_sip_echo_run_and_a_refused_call(tmp_path, capsys):
     assert r["mode"] == "sip" and r["agent"] == "echo"
     assert r["calls"]["attempted"] == 3 and r["calls"]["completed"] == 2
     assert r["calls"]["failed"] == 1 and sum(r["calls"]["failures"].values()) == 1
+    assert r["calls"]["failure_responses"] == {"503 Service Unavailable": 1}  # the limit
+    assert "503 Service Unavailable: 1" in (out / "report.md").read_text()
     # The two answered calls were captured and their echo found in the audio.
     answered = [c for c in r["per_call"] if c["frames_out"] > 0]
     assert len(answered) == 2 and all(c["latency_ms"] > 0 for c in answered)
