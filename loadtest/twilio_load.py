@@ -3,7 +3,8 @@ caller asking a recorded question at real time, measured in the audio it gets ba
 
 Each stream sends what Twilio sends (the documented `connected`, `start`, then a
 `media` message of 20 ms μ-law every 20 ms, silence included, and `stop`), echoes every
-`mark` the server sends (Twilio does once the audio before it has played), and:
+`mark` the server sends as it arrives (Twilio does once the audio before it has played;
+the server sends audio at most streams.twilio max_lead_ms ahead of real time), and:
 - `lead_s` of silence (the greeting plays), the question, then silence while it listens;
 - response latency: end of the question -> the first loud reply frame received
   (loadtest.audio_marks; with the echo agent: start of the question -> its echo);
@@ -216,7 +217,9 @@ class _Call:
         assert self.ws is not None
         r = self.result
         why = ""
-        while True:  # ends when the socket closes; run() cancels it after its stop
+        # Ends when the socket closes (run() cancels it after its stop); at most the
+        # messages a stream can carry in the time limit: a frame and a mark per 20 ms.
+        for _ in range(round(3 * self.s.time_limit_s / FRAME_S) + 1000):
             msg = await self.ws.receive()
             if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING,
                             aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
@@ -261,12 +264,17 @@ class Progress:
         self.timeline: list[dict[str, float]] = []
 
     def draw(self, t: float, final: bool = False) -> None:
+        """Redraw in place on a terminal; elsewhere (a log) one line every 10 draws."""
+        self.timeline.append({"t": round(t, 2), "active": self.active})
+        tty = self.out.isatty()
+        if not (tty or final or len(self.timeline) % 10 == 1):
+            return
         filled = round(self.width * self.done / max(1, self.total))
         bar = "#" * filled + "-" * (self.width - filled)
-        self.out.write(f"\r[{bar}] {self.done}/{self.total} done, {self.active} active, "
-                       f"{self.failed} failed, {t:.0f} s" + ("\n" if final else ""))
+        self.out.write(("\r" if tty else "") + f"[{bar}] {self.done}/{self.total} done, "
+                       f"{self.active} active, {self.failed} failed, {t:.0f} s"
+                       + ("\n" if final or not tty else ""))
         self.out.flush()
-        self.timeline.append({"t": round(t, 2), "active": self.active})
 
 
 async def run_streams(s: TwilioScenario, progress_out: TextIO | None = None
