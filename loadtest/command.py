@@ -158,7 +158,7 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {"calls": args.calls, "concurrency": concurrency,
                                 "rate": args.rate, "lead_s": lead, "bargein": args.bargein,
                                 "questions": [str(p) for p in questions]}
-    rtp = args.rtp_ports if args.target else _rtp_range(args.calls)
+    rtp = getattr(args, "rtp_ports", None) if args.target else _rtp_range(args.calls)
     with contextlib.ExitStack() as stack:
         if args.target is None:
             server = stack.enter_context(_server(args, agent or "echo", out, rtp))

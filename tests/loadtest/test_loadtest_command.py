@@ -107,3 +107,29 @@ def test_twilio_conversation_with_bargein_on_the_real_models(tmp_path):
     assert call["bargein"]["talking_at_onset"] is True
     assert call["clears"] >= 1 and call["bargein"]["clear_ms"] is not None
     assert r["server"]["bargeins"] >= 1
+
+
+def test_a_running_server_as_the_target(tmp_path):
+    """--target: the command starts nothing; it loads the server it is pointed at."""
+    from tests.helpers import switchboard
+
+    env = {"SWITCHBOARD_SIP__RTP_PORT_MIN": "14600", "SWITCHBOARD_SIP__RTP_PORT_MAX": "14800"}
+    with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+        out = tmp_path / "remote-twilio"
+        assert main(["loadtest", "twilio", "--target", f"127.0.0.1:{server.http_port}",
+                     "--agent", "echo", "--calls", "2", "--rate", "4", "--listen", "1",
+                     "--out", str(out)]) == 0
+        r = _report(out)
+        assert r["target"] == f"127.0.0.1:{server.http_port}"
+        assert r["calls"]["completed"] == 2 and r["response_latency_ms"]["n"] == 2
+        assert r["server"]["calls_by_outcome"] == {"remote_stop": 2}
+        assert not (out / "server.log").exists()  # no server of its own
+        if shutil.which("sipp") and shutil.which("dumpcap"):
+            out = tmp_path / "remote-sip"
+            assert main(["loadtest", "sip", "--target", f"127.0.0.1:{server.sip_port}",
+                         "--metrics-url", f"http://127.0.0.1:{server.http_port}/metrics",
+                         "--rtp-ports", "14600-14800", "--agent", "echo", "--calls", "2",
+                         "--rate", "4", "--hold", "3", "--out", str(out)]) == 0
+            r = _report(out)
+            assert r["calls"]["completed"] == 2 and r["response_latency_ms"]["n"] == 2
+            assert r["server"]["calls_by_outcome"] == {"remote_bye": 2}
