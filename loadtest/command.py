@@ -51,7 +51,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, help="calls at once (default: --calls)")
     p.add_argument("--rate", type=float, default=2.0, help="calls started per second (2)")
     p.add_argument("--question", type=Path, action="append", default=[], metavar="WAV",
-                   help="a question to ask (repeatable; call i asks question i mod n)")
+                   help="a question to ask (repeatable; call i asks question i mod n; "
+                        "sip plays the first one to every call)")
     p.add_argument("--bargein", action="store_true", help="talk over the reply")
     p.add_argument("--interruption", type=Path, metavar="WAV",
                    help="what to say over the reply (default: a spoken interruption)")
@@ -181,7 +182,8 @@ def _run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 target=sip_target, metrics_url=metrics, rtp_ports=rtp, calls=args.calls,
                 concurrency=concurrency, rate=args.rate, hold_s=hold, question=questions[0],
                 interruption=cut, bargein_at_s=args.bargein_at, lead_s=lead,
-                mode=latency_mode, interface=args.interface, codec=args.codec)
+                mode=latency_mode, interface=args.interface, codec=args.codec,
+                time_limit_s=args.time_limit)
             settings.update(hold_s=hold, codec=args.codec, rtp_ports=list(rtp),
                             questions=[str(questions[0])])
             raw = run_sip(scenario, out)

@@ -62,6 +62,7 @@ class SipScenario:
     mode: str = "answer"  # or "echo"
     interface: str = "lo"
     codec: str = "PCMU"
+    time_limit_s: float = 900.0  # SIPp's global -timeout, at most
 
 
 def build_pcap(s: SipScenario, path: Path) -> dict[str, float]:
@@ -253,7 +254,8 @@ def run_sip(s: SipScenario, workdir: Path) -> dict[str, Any]:
     plan = build_pcap(s, workdir / "speech.pcap")
     scenario = scenario_for(s.codec, workdir)
     call_s = plan["packets"] * 0.02
-    limit = s.calls / s.rate + math.ceil(s.calls / s.concurrency) * (s.hold_s + 10) + 30
+    limit = min(s.time_limit_s,
+                s.calls / s.rate + math.ceil(s.calls / s.concurrency) * (s.hold_s + 10) + 30)
     before = scrape(s.metrics_url)
     started, wall0 = time.monotonic(), time.time()
     timed_out = False
