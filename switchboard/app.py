@@ -18,6 +18,7 @@ from sip.server import SipServer, SipServerConfig
 from streams import StreamDoors
 from switchboard.agents import Agents
 from switchboard.config import Config, SipConfig
+from switchboard.console import ActiveCalls, Console
 from switchboard.dial import OutboundCalls
 from switchboard.http import add_call_routes, build_http_app
 from switchboard.records.api import RecordsHttp
@@ -56,6 +57,13 @@ class Switchboard:
         self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,
                                    metrics=self.metrics, clock=self.clock)
         self.streams.add_routes(self.http_app)
+        # The browser console (switchboard.console): Talk and Watch pages, its WebSocket
+        # door on the stream doors' shared limits, and the list of calls up now.
+        self.live = ActiveCalls(self.clock)
+        if config.console.enabled:
+            Console(token=config.console.token, ctx=self.streams.ctx, agents=self.agent_names,
+                    calls=self.live, max_lead_ms=config.console.max_lead_ms,
+                    ).add_routes(self.http_app)
 
     def handler_for(self, info: CallInfo) -> CallHandler:
         """The CallHandler that answers a call, by config.agent (every door uses this)."""
@@ -65,7 +73,9 @@ class Switchboard:
             log.warning("call %s refused with 503: %s", info.call_id, e,
                         extra={"call_id": info.call_id})
             raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
-        return self.records.wrap(info, handler) if self.records is not None else handler
+        if self.records is not None:
+            handler = self.records.wrap(info, handler)
+        return self.live.wrap(info, handler, agent=info.agent or self.config.agent)
 
     def agent_names(self) -> list[str]:
         """The agents a caller may pick by name (the browser console lists them)."""

@@ -55,8 +55,9 @@ __all__ = ["CallRecording", "RecordedHandler", "Recorder"]
 log = logging.getLogger("switchboard.records")
 
 # Call-log events not kept: per-chunk and per-state noise (DEBUG level in the log), and
-# "turn", which is stored as a turn of its own.
-_SKIPPED = frozenset({"mark", "state", "turn"})
+# "turn", which is stored as a turn of its own (with what caller_said and agent_said,
+# the live console's events, told as it went).
+_SKIPPED = frozenset({"mark", "state", "turn", "caller_said", "agent_said"})
 _TURN_TEXT = ("transcript", "answer", "heard", "error")
 _CALLER_ENDED = frozenset({"remote_bye", "remote_stop", "remote_hangup", "disconnect"})
 
