@@ -51,7 +51,8 @@ class Switchboard:
         self.records = (Recorder(config.records, agent=config.agent, metrics=self.metrics,
                                  clock=self.clock) if config.records.enabled else None)
         add_call_routes(self.http_app, self.outbound,
-                        RecordsHttp(self.records) if self.records is not None else None)
+                        RecordsHttp(self.records) if self.records is not None else None,
+                        tokens=(config.http.api_token, config.console.token))
         # Media-stream doors (streams/): Twilio and FreeSWITCH routes on this HTTP app;
         # the AudioSocket server starts, and calls are taken, once the pacer runs.
         self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "SWITCHBOARD_"
 # Keys whose values are never echoed in errors, nor anything under them (sip.callers.*).
 _SECRETS = {("password",), ("api_key",), ("auth_token",), ("token",), ("callers",),
-            ("auth_secret",), ("dsn",)}
+            ("auth_secret",), ("dsn",), ("api_token",)}
 
 
 class ConfigError(Exception):
@@ -122,6 +122,8 @@ class SipConfig(_Section):
 class HttpConfig(_Section):
     listen: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Needed by the calls API (POST /calls, GET /calls...); unset: loopback clients only.
+    api_token: str = Field(default="", repr=False)
 
 
 class AsrConfig(_Section):
