@@ -322,7 +322,7 @@ class Conversation:
         key_kind = key.split(":", 1)[0]
         label = "filler" if key_kind.startswith("filler") else key_kind
         self.metrics.phrases_played_total.labels(phrase=label).inc()
-        self.calllog.event("say", phrase=key)
+        self.calllog.event("say", phrase=key, text=phrases.text(key))
         return self.speaker.send_marked(
             phrases.get(key), phrases.sample_rate, text=phrases.text(key), kind=key
         )

@@ -186,6 +186,9 @@ class TurnRunner:
                 if not text:
                     return "empty"
                 turn.record.transcript = text
+                # Live followers (the browser console) show the words before the answer.
+                self.calllog.event("caller_said", logging.DEBUG, turn=turn.record.index,
+                                   text=text)
                 turn.action = self.settings.actions.for_phrase(text)
                 if turn.action is not None:
                     self.history.add_user(text)
@@ -367,6 +370,9 @@ class TurnRunner:
                 turn.chunks.append(
                     self.speaker.send_marked(held, rate, text=text, kind="answer", owner=turn)
                 )
+                # Live followers (the browser console) show it as it is heard.
+                self.calllog.event("agent_said", logging.DEBUG, turn=turn.record.index,
+                                   text=text)
         if t0 is not None:
             self._observe(turn, "tts_total", self.clock.now() - t0)
 

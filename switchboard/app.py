@@ -20,6 +20,7 @@ from sip.server import SipServer, SipServerConfig
 from streams import StreamDoors
 from switchboard.agents import Agents
 from switchboard.config import Config, SipConfig
+from switchboard.console import ActiveCalls, Console
 from switchboard.dial import OutboundCalls
 from switchboard.dialplans import DialplanReloader
 from switchboard.http import add_call_routes, build_http_app
@@ -58,13 +59,21 @@ class Switchboard:
         self.records = (Recorder(config.records, agent=config.agent, metrics=self.metrics,
                                  clock=self.clock) if config.records.enabled else None)
         add_call_routes(self.http_app, self.outbound,
-                        RecordsHttp(self.records) if self.records is not None else None)
+                        RecordsHttp(self.records) if self.records is not None else None,
+                        tokens=(config.http.api_token, config.console.token))
         # Media-stream doors (streams/): Twilio and FreeSWITCH routes on this HTTP app;
         # the AudioSocket server starts, and calls are taken, once the pacer runs.
         self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,
                                    metrics=self.metrics, clock=self.clock,
                                    route_check=self.route_check)
         self.streams.add_routes(self.http_app)
+        # The browser console (switchboard.console): Talk and Watch pages, its WebSocket
+        # door on the stream doors' shared limits, and the list of calls up now.
+        self.live = ActiveCalls(self.clock)
+        if config.console.enabled:
+            Console(token=config.console.token, ctx=self.streams.ctx, agents=self.agent_names,
+                    calls=self.live, max_lead_ms=config.console.max_lead_ms,
+                    ).add_routes(self.http_app)
 
     def handler_for(self, info: CallInfo) -> CallHandler:
         """The CallHandler that answers a call: the agent the dialplan routes it to, or
@@ -82,9 +91,9 @@ class Switchboard:
             log.warning("call %s refused with 503: %s", info.call_id, e, extra=extra)
             raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
         log.info("call %s -> agent %s (%s)", info.call_id, choice.agent, choice.why, extra=extra)
-        if self.records is None:
-            return handler
-        return self.records.wrap(info, handler, agent=choice.agent)
+        if self.records is not None:
+            handler = self.records.wrap(info, handler, agent=choice.agent)
+        return self.live.wrap(info, handler, agent=choice.agent)
 
     def route_check(self, info: CallInfo) -> str | None:
         """Why no agent would answer this call (None: one would). The Twilio webhook
