@@ -92,6 +92,11 @@ class Agents:
         self._voices: dict[TtsSettings, PhraseCache] = {}
         self.started = False
         self.error: str | None = None
+        # A plan of agents that load nothing (echo, transfer) answers before start().
+        simple = {name: self._simple_profile(name, a) for name, a in self.plan.agents.items()}
+        if all(simple.values()):
+            self._profiles = simple  # type: ignore[assignment]
+            self.started = True
 
     @property
     def engines(self) -> Engines | None:
@@ -141,16 +146,32 @@ class Agents:
 
     # --- building profiles --------------------------------------------------------------
 
-    async def _profile(self, plan: Dialplan, name: str, agent: Agent) -> Profile:
+    def _wrap(self, agent: Agent, make: Callable[[], CallHandler]) -> Callable[[], CallHandler]:
+        """DTMF rules and a time limit around an agent that does not listen."""
         rules = profiles.action_rules(agent)
         limit = agent.max_call_s if "max_call_s" in agent.model_fields_set else None
         metrics = self.metrics
+        if not rules.dtmf and limit is None:
+            return make
+        return lambda: WithActions(make(), rules, max_call_s=limit, metrics=metrics)
 
-        def wrap(make: Callable[[], CallHandler]) -> Callable[[], CallHandler]:
-            if not rules.dtmf and limit is None:
-                return make
-            return lambda: WithActions(make(), rules, max_call_s=limit, metrics=metrics)
+    def _simple_profile(self, name: str, agent: Agent) -> Profile | None:
+        """Echo and transfer agents: nothing to load."""
+        metrics = self.metrics
+        if isinstance(agent, EchoAgent):
+            delay = agent.delay_s
+            return Profile(name, agent, self._wrap(agent, lambda: EchoHandler(delay=delay)))
+        if isinstance(agent, TransferAgent):
+            target = agent.transfer_to
+            return Profile(name, agent, self._wrap(
+                agent, lambda: TransferHandler(target, metrics=metrics)))
+        return None
 
+    async def _profile(self, plan: Dialplan, name: str, agent: Agent) -> Profile:
+        metrics = self.metrics
+        simple = self._simple_profile(name, agent)
+        if simple is not None:
+            return simple
         if isinstance(agent, ConversationAgent):
             engines = await self._engines_for(agent)
             settings = profiles.conversation_settings(self.config, agent)
@@ -159,18 +180,12 @@ class Agents:
             clock = self.clock
             return Profile(name, agent, lambda: Conversation(
                 engines, settings, metrics=metrics, clock=clock), engines)
-        if isinstance(agent, EchoAgent):
-            delay = agent.delay_s
-            return Profile(name, agent, wrap(lambda: EchoHandler(delay=delay)))
-        if isinstance(agent, TransferAgent):
-            target = agent.transfer_to
-            return Profile(name, agent, wrap(lambda: TransferHandler(target, metrics=metrics)))
         assert isinstance(agent, PlaybackAgent)
         pcm, rate = await self._playback_audio(plan, name, agent)
         then = CallAction("transfer", agent.transfer_to or "") if agent.then == "transfer" \
             else CallAction("hangup")
-        return Profile(name, agent, wrap(lambda: PlaybackHandler(pcm, rate, then=then,
-                                                                 metrics=metrics)))
+        return Profile(name, agent, self._wrap(agent, lambda: PlaybackHandler(
+            pcm, rate, then=then, metrics=metrics)))
 
     async def _engines_for(self, agent: ConversationAgent) -> Engines:
         key = profiles.engine_key(self.config, agent)

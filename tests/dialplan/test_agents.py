@@ -231,9 +231,12 @@ async def test_app_routes_names_and_explicit_choice(tmp_path: Path) -> None:
     await app.agents.start()
     try:
         assert app.agent_names() == ["a", "b"]
-        assert isinstance(app.handler_for(CallInfo("x", "sip", callee="1")), EchoHandler)
-        picked = app.handler_for(CallInfo("x", "browser", agent="b"))
+        routed = app.handler_for(CallInfo("x", "sip", callee="1"))
+        assert isinstance(routed.inner, EchoHandler)  # type: ignore[attr-defined]
+        picked = app.handler_for(CallInfo("y", "browser", agent="b")).inner  # type: ignore[attr-defined]
         assert isinstance(picked, EchoHandler) and picked.delay_frames == 0
+        assert {(c["call_id"], c["agent"]) for c in app.live.snapshot()} == {
+            ("x", "a"), ("y", "b")}
         for info in (CallInfo("x", "sip", callee="2"), CallInfo("x", "browser", agent="zz")):
             with pytest.raises(CallRefused) as refused:
                 app.handler_for(info)
