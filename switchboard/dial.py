@@ -365,6 +365,9 @@ class OutboundCalls:
         try:
             return self.handler_for(dataclasses.replace(info, agent=agent) if named else info)
         except CallRefused as e:
+            if e.metric == "no_route":
+                raise ApiError(400, "the dialplan has no route or default for this call: name "
+                                    "an agent") from None
             raise ApiError(503, f"the agent cannot take a call now: {e.reason}") from None
 
     async def place_call(self, to: str, agent: str | None) -> dict[str, object]:

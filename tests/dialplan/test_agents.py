@@ -287,6 +287,13 @@ def test_post_calls_may_name_any_dialplan_agent() -> None:
     with pytest.raises(ApiError, match="unknown agent 'nobody'; use one of clinic, echo-test"):
         calls._check_agent("nobody")
 
+    def no_route(info: CallInfo) -> EchoHandler:
+        raise CallRefused(404, "Not Found", "no_route")
+
+    calls.handler_for = no_route
+    with pytest.raises(ApiError, match="no route or default for this call: name an agent"):
+        calls._handler(CallInfo("o3", "sip", callee="+1555"), None)
+
 
 @pytest.mark.slow
 async def test_real_engines_for_a_plan(monkeypatch: pytest.MonkeyPatch) -> None:
