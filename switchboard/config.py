@@ -263,16 +263,24 @@ class RecordsConfig(_Section):
     """Where every call's record goes (GET /calls, `switchboard calls`)."""
 
     enabled: bool = True
-    backend: Literal["sqlite", "postgres"] = "sqlite"
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: str = "./switchboard-calls.db"  # sqlite: the database file (WAL)
-    dsn: str = Field(default="", repr=False)  # postgres: e.g. postgresql://user:pw@host/db
+    # postgresql: a libpq DSN, postgresql://user:pw@host:5432/db or "host=... dbname=...";
+    # a secret (the password): never logged nor echoed (SWITCHBOARD_RECORDS__DSN).
+    dsn: str = Field(default="", repr=False)
     retention_days: float = Field(default=30, gt=0, le=36500)
     redact_digits: bool = False  # blank runs of 4+ digits (cards, phones) in transcripts
 
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_alias(cls, v: Any) -> Any:
+        return "postgresql" if v == "postgres" else v  # the name most people type
+
     @model_validator(mode="after")
     def _dsn(self) -> RecordsConfig:
-        if self.backend == "postgres" and not self.dsn:
-            raise ValueError("the postgres backend needs records.dsn")
+        if self.backend == "postgresql" and not self.dsn.strip():
+            raise ValueError("the postgresql backend needs records.dsn "
+                             "(or SWITCHBOARD_RECORDS__DSN)")
         return self
 
 
@@ -290,6 +298,9 @@ class ConsoleConfig(_Section):
 
 class Config(_Section):
     agent: Literal["echo", "conversation"] = "conversation"
+    # Which agent answers which call (dialplan/README.md). Unset: `agent` answers all.
+    dialplan: str | None = None
+    dialplan_poll_seconds: float = Field(default=2.0, ge=0, le=3600)  # 0: SIGHUP only
     # SIGTERM: stop taking calls at once, let calls in progress go on this long, then end them.
     shutdown_drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     sip: SipConfig = SipConfig()
