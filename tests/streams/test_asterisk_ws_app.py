@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from pathlib import Path
 
 import aiohttp
@@ -69,7 +70,12 @@ def test_asterisk_ws_door_in_the_running_app(tmp_path: Path) -> None:
         loudest = max(max(abs(s) for s in memoryview(ulaw_decode(m)).cast("h")) for m in media)
         assert loudest > 2000  # the echoed tone, not just silence
         assert text == []  # no barge-in, no hang-up from the echo agent: no commands
-        metrics = server.metrics()
+        ended = 'switchboard_calls_active{transport="asterisk_ws"} 0.0'
+        for _ in range(100):  # the server may still be closing the call: wait, bounded
+            metrics = server.metrics()
+            if ended in metrics:
+                break
+            time.sleep(0.05)
         assert ('switchboard_calls_total{outcome="remote_hangup",transport="asterisk_ws"} 1.0'
                 in metrics), metrics
         assert ('switchboard_dtmf_digits_total{method="text",transport="asterisk_ws"} 1.0'
