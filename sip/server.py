@@ -11,6 +11,7 @@ from media.pacer import Pacer
 from pipeline.metrics import Metrics
 from sip.call import Media
 from sip.endpoint import EndpointSettings, HandlerFactory, SipEndpoint
+from sip.flood import FloodGuard, FloodLimits
 from sip.ports import PortAllocator
 from sip.rtp_session import MediaParams, RtpOptions, RtpSession
 from sip.transport import SipTransport
@@ -33,6 +34,7 @@ class SipServerConfig:
     tcp_idle_timeout: float = 120.0
     shutdown_timeout: float = 10.0
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
+    flood: FloodLimits = field(default_factory=FloodLimits)
 
 
 class SipServer:
@@ -44,10 +46,12 @@ class SipServer:
         self.pacer = pacer
         self.ports = PortAllocator(config.rtp_port_min, config.rtp_port_max)
         self._rtp_options = RtpOptions(media_timeout=config.media_timeout)
+        self.guard = FloodGuard(config.flood, clock=clock, metrics=metrics) \
+            if config.flood.enabled else None
         self.transport = SipTransport(
             self._receive, clock=clock, metrics=metrics,
             advertised_address=config.endpoint.advertised_address,
-            tcp_idle_timeout=config.tcp_idle_timeout,
+            tcp_idle_timeout=config.tcp_idle_timeout, guard=self.guard,
         )
         self.endpoint = SipEndpoint(
             config.endpoint, transport=self.transport, handler_factory=handler_factory,

@@ -12,6 +12,7 @@ Responses follow RFC 3261 18.2.2: over TCP back on the connection the request ca
 while it is open, else to received/sent-by; over UDP to received and rport.
 TCP connections nobody uses for `tcp_idle_timeout` seconds are closed; a dialog pins
 its connection with hold()/release() so that our BYE can still reach the caller.
+An optional FloodGuard (sip.flood) drops messages from flooding sources before parsing.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import socket
 
 from media.clock import Clock
 from pipeline.metrics import Metrics
+from sip.flood import FloodGuard
 from sip.framing import KEEPALIVE_PING, KEEPALIVE_PONG, StreamFramer
 from sip.grammar import SipParseError
 from sip.headers import Via
@@ -95,6 +97,10 @@ class _Tcp(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_used = self.owner.clock.now()
+        guard = self.owner.guard
+        if guard is not None and guard.is_blocked(self.remote[0]):
+            self.close()  # a flooding source gets nothing, not even a parse error
+            return
         try:
             frames = self.framer.feed(data)
         except SipParseError as err:
@@ -142,8 +148,10 @@ class SipTransport:
         limits: Limits = DEFAULT_LIMITS,
         tcp_idle_timeout: float = 120.0,
         max_tcp_connections: int = 2048,
+        guard: FloodGuard | None = None,
     ) -> None:
         self.on_message = on_message
+        self.guard = guard  # per-source flood limits: a blocked source is dropped silently
         self.clock = clock
         self.metrics = metrics
         self.advertised_address = advertised_address
@@ -355,6 +363,8 @@ class SipTransport:
 
     def deliver(self, data: bytes, source: Source) -> None:
         """One message's bytes from a socket (or a test): parse, stamp, hand up."""
+        if self.guard is not None and not self.guard.admit(source.remote[0], data):
+            return  # flooding, or blocked for it: no answer, counted by the guard
         try:
             message = parse_message(data, self.limits)
             if isinstance(message, SipRequest):

@@ -14,10 +14,11 @@ from media.pacer import Pacer
 from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
+from sip.flood import FloodLimits, Rate
 from sip.server import SipServer, SipServerConfig
 from streams import StreamDoors
 from switchboard.agents import Agents
-from switchboard.config import Config, SipConfig
+from switchboard.config import Config, FloodConfig, SipConfig
 from switchboard.dial import OutboundCalls
 from switchboard.http import add_call_routes, build_http_app
 from switchboard.records.api import RecordsHttp
@@ -205,4 +206,16 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
             nonce_ttl=sip.nonce_ttl,
             auth_secret=sip.auth_secret.encode() if sip.auth_secret else None,
         ),
+        flood=_flood_limits(sip.flood),
+    )
+
+
+def _flood_limits(flood: FloodConfig) -> FloodLimits:
+    return FloodLimits(
+        enabled=flood.enabled,
+        rates={"INVITE": Rate(flood.invite_per_second, flood.invite_burst),
+               "REGISTER": Rate(flood.register_per_second, flood.register_burst),
+               "OPTIONS": Rate(flood.options_per_second, flood.options_burst)},
+        block_seconds=flood.block_seconds, max_sources=flood.max_sources,
+        exempt_networks=tuple(flood.exempt_networks),
     )

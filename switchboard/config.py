@@ -54,6 +54,29 @@ class TrunkConfig(_Section):
     registration: bool = True  # REGISTER with the trunk (false: IP-authenticated trunk)
 
 
+class FloodConfig(_Section):
+    """Per-source limits (like Kamailio's pike): a source over a method's rate is blocked,
+    every message from it dropped silently, for block_seconds. Rates are sustained
+    requests per second; bursts the requests allowed at once."""
+
+    enabled: bool = True
+    invite_per_second: float = Field(default=10.0, gt=0)
+    invite_burst: int = Field(default=50, ge=1)
+    register_per_second: float = Field(default=5.0, gt=0)
+    register_burst: int = Field(default=20, ge=1)
+    options_per_second: float = Field(default=10.0, gt=0)
+    options_burst: int = Field(default=50, ge=1)
+    block_seconds: float = Field(default=60.0, gt=0, le=86400)
+    max_sources: int = Field(default=10_000, ge=100, le=10_000_000)  # bounds the tables
+    # Never limited; add the address of a SIP proxy in front of Switchboard.
+    exempt_networks: list[str] = ["127.0.0.1/32", "::1/128"]
+
+    @field_validator("exempt_networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return _check_cidrs(v)
+
+
 class SipConfig(_Section):
     listen: str = "0.0.0.0"
     port: int = Field(default=5060, ge=1, le=65535)
@@ -82,6 +105,7 @@ class SipConfig(_Section):
     # The nonces' HMAC key; unset: random per process (a restart voids outstanding nonces).
     auth_secret: str | None = Field(default=None, repr=False, min_length=16)
     trunk: TrunkConfig | None = None
+    flood: FloodConfig = FloodConfig()  # per-source rate limits (sip.flood)
 
     @field_validator("trusted_networks")
     @classmethod
