@@ -12,6 +12,7 @@ from pipeline.metrics import Metrics
 from sip.call import Media
 from sip.endpoint import EndpointSettings, HandlerFactory, SipEndpoint
 from sip.flood import FloodGuard, FloodLimits
+from sip.policy import TargetPolicy
 from sip.ports import PortAllocator
 from sip.rtp_session import MediaParams, RtpOptions, RtpSession
 from sip.transport import SipTransport
@@ -35,6 +36,7 @@ class SipServerConfig:
     shutdown_timeout: float = 10.0
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
     flood: FloodLimits = field(default_factory=FloodLimits)
+    targets: TargetPolicy | None = None  # None: no restriction (the `switchboard call` UA)
 
 
 class SipServer:
@@ -58,6 +60,7 @@ class SipServer:
             media_factory=self.open_media, clock=clock, metrics=metrics,
             t1=config.timer_t1, t2=config.timer_t2,
         )
+        self.endpoint.targets = config.targets
 
     def _receive(self, message, source) -> None:  # type: ignore[no-untyped-def]
         self.endpoint.receive(message, source)

@@ -15,7 +15,10 @@ from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
 from sip.flood import FloodLimits, Rate
+from sip.grammar import SipParseError
+from sip.policy import TargetPolicy
 from sip.server import SipServer, SipServerConfig
+from sip.uri import parse_hostport
 from streams import StreamDoors
 from switchboard.agents import Agents
 from switchboard.config import Config, FloodConfig, SipConfig
@@ -207,7 +210,21 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
             auth_secret=sip.auth_secret.encode() if sip.auth_secret else None,
         ),
         flood=_flood_limits(sip.flood),
+        targets=_target_policy(sip),
     )
+
+
+def _target_policy(sip: SipConfig) -> TargetPolicy:
+    hosts: list[str] = []
+    if sip.trunk is not None:
+        for name in (sip.trunk.registrar, sip.trunk.domain):
+            if name:
+                try:
+                    hosts.append(parse_hostport(name.strip())[0])
+                except SipParseError:
+                    pass  # the registrar is checked where the trunk is set up
+    t = sip.targets
+    return TargetPolicy(numbers=t.numbers, allowed=t.allowed, denied=t.denied, trunk_hosts=hosts)
 
 
 def _flood_limits(flood: FloodConfig) -> FloodLimits:

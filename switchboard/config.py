@@ -77,6 +77,16 @@ class FloodConfig(_Section):
         return _check_cidrs(v)
 
 
+class TargetsConfig(_Section):
+    """Who Switchboard may call (POST /calls) or transfer to (REFER), against toll fraud
+    (sip.policy). Patterns are globs: "+4420*" for numbers, "sip:*@pbx.example.com"."""
+
+    numbers: bool = True  # phone numbers through the configured trunk (unless denied)
+    # Direct SIP URIs allowed; loopback by default (another local Switchboard, tests).
+    allowed: list[str] = ["sip:*@127.0.0.1", "sip:*@localhost", "sip:*@::1"]
+    denied: list[str] = []  # checked first: e.g. premium-rate prefixes "+1900*"
+
+
 class SipConfig(_Section):
     listen: str = "0.0.0.0"
     port: int = Field(default=5060, ge=1, le=65535)
@@ -106,6 +116,7 @@ class SipConfig(_Section):
     auth_secret: str | None = Field(default=None, repr=False, min_length=16)
     trunk: TrunkConfig | None = None
     flood: FloodConfig = FloodConfig()  # per-source rate limits (sip.flood)
+    targets: TargetsConfig = TargetsConfig()  # allowed call and transfer targets (sip.policy)
 
     @field_validator("trusted_networks")
     @classmethod
