@@ -12,6 +12,7 @@ from pipeline.metrics import Metrics
 from sip.call import Media
 from sip.endpoint import EndpointSettings, HandlerFactory, SipEndpoint
 from sip.flood import FloodGuard, FloodLimits
+from sip.message import DEFAULT_LIMITS, Limits
 from sip.policy import TargetPolicy
 from sip.ports import PortAllocator
 from sip.rtp_session import MediaParams, RtpOptions, RtpSession
@@ -37,6 +38,8 @@ class SipServerConfig:
     endpoint: EndpointSettings = field(default_factory=EndpointSettings)
     flood: FloodLimits = field(default_factory=FloodLimits)
     targets: TargetPolicy | None = None  # None: no restriction (the `switchboard call` UA)
+    limits: Limits = DEFAULT_LIMITS  # SIP message size limits
+    rtp_follow_rebinding: bool = False  # see RtpOptions.follow_rebinding
 
 
 class SipServer:
@@ -47,13 +50,14 @@ class SipServer:
         self.metrics = metrics
         self.pacer = pacer
         self.ports = PortAllocator(config.rtp_port_min, config.rtp_port_max)
-        self._rtp_options = RtpOptions(media_timeout=config.media_timeout)
+        self._rtp_options = RtpOptions(media_timeout=config.media_timeout,
+                                       follow_rebinding=config.rtp_follow_rebinding)
         self.guard = FloodGuard(config.flood, clock=clock, metrics=metrics) \
             if config.flood.enabled else None
         self.transport = SipTransport(
             self._receive, clock=clock, metrics=metrics,
             advertised_address=config.endpoint.advertised_address,
-            tcp_idle_timeout=config.tcp_idle_timeout, guard=self.guard,
+            tcp_idle_timeout=config.tcp_idle_timeout, guard=self.guard, limits=config.limits,
         )
         self.endpoint = SipEndpoint(
             config.endpoint, transport=self.transport, handler_factory=handler_factory,

@@ -16,6 +16,7 @@ from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
 from sip.flood import FloodLimits, Rate
 from sip.grammar import SipParseError
+from sip.message import Limits
 from sip.policy import TargetPolicy
 from sip.server import SipServer, SipServerConfig
 from sip.uri import parse_hostport
@@ -211,6 +212,8 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
         ),
         flood=_flood_limits(sip.flood),
         targets=_target_policy(sip),
+        limits=Limits(max_message=sip.max_message_bytes),
+        rtp_follow_rebinding=sip.rtp_follow_rebinding,
     )
 
 

@@ -99,6 +99,9 @@ class SipConfig(_Section):
     trusted_networks: list[str] = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
                                    "192.168.0.0/16"]
     media_timeout: float = Field(default=30.0, gt=0)  # hang up after this long without RTP
+    # RTP is latched to the first source; true also follows a source that continues the
+    # same stream from a new address (NAT rebinding) instead of dropping it.
+    rtp_follow_rebinding: bool = False
     ring_seconds: float = Field(default=0.0, ge=0, le=60)  # 180 Ringing this long before 200
     timer_t1: float = Field(default=0.5, gt=0, le=10)  # RFC 3261 T1 (RTT estimate)
     timer_t2: float = Field(default=4.0, gt=0, le=60)  # RFC 3261 T2 (max non-INVITE retransmit)
@@ -115,6 +118,8 @@ class SipConfig(_Section):
     # The nonces' HMAC key; unset: random per process (a restart voids outstanding nonces).
     auth_secret: str | None = Field(default=None, repr=False, min_length=16)
     trunk: TrunkConfig | None = None
+    # The largest SIP message taken (UDP datagram or TCP frame): larger ones get 513/413.
+    max_message_bytes: int = Field(default=65536, ge=4096, le=1 << 20)
     flood: FloodConfig = FloodConfig()  # per-source rate limits (sip.flood)
     targets: TargetsConfig = TargetsConfig()  # allowed call and transfer targets (sip.policy)
 
