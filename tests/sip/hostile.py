@@ -181,3 +181,68 @@ def tcp_probe(server_port: int, timeout: float = 3.0) -> bool:
                 if response is not None and response.call_id == probe_id:
                     return response.status == 200
     return False
+
+
+class SipPeer:
+    """A bare SIP user agent on one UDP socket, for driving a call by hand: requests
+    carry rport, so every answer comes back here."""
+
+    def __init__(self, server_port: int, local: str = "127.0.0.1") -> None:
+        self.server_port = server_port
+        self.local = local
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((local, 0))
+        self.port = self.sock.getsockname()[1]
+        self.call_id = f"peer-{secrets.token_hex(6)}"
+        self.tag = secrets.token_hex(4)
+        self.to_tag = ""
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def send(self, method: str, cseq: int, *, uri: str = "sip:echo@127.0.0.1",
+             extra: str = "", body: bytes = b"", ctype: str = "application/sdp") -> None:
+        to_tag = f";tag={self.to_tag}" if self.to_tag else ""  # in the dialog once answered
+        head = (
+            f"{method} {uri} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.local}:{self.port};branch=z9hG4bK{secrets.token_hex(6)}"
+            f";rport\r\nMax-Forwards: 70\r\n"
+            f"From: <sip:peer@{self.local}>;tag={self.tag}\r\nTo: <sip:echo@127.0.0.1>{to_tag}\r\n"
+            f"Call-ID: {self.call_id}\r\nCSeq: {cseq} {method}"
+            f"\r\nContact: <sip:peer@{self.local}:{self.port}>\r\n{extra}"
+        )
+        if body:
+            head += f"Content-Type: {ctype}\r\n"
+        data = (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+        self.sock.sendto(data, ("127.0.0.1", self.server_port))
+
+    def final(self, cseq: int | None = None, timeout: float = 5.0) -> Reply:
+        """The next final response to this peer's call (to request `cseq` if given;
+        provisionals and retransmissions of other answers skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no final response")
+            self.sock.settimeout(remaining)
+            raw, _ = self.sock.recvfrom(70000)
+            reply = _parse(raw)
+            if cseq is not None and not re.search(rb"^CSeq: %d " % cseq, raw, re.M):
+                continue
+            if reply is not None and reply.call_id == self.call_id and reply.status >= 200:
+                tag = re.search(rb"^(?:To|t)[ \t]*:.*;tag=([^;\s>]+)", raw, re.I | re.M)
+                if tag and not self.to_tag:
+                    self.to_tag = tag.group(1).decode()
+                return reply
+
+
+def sdp(port: int, host: str = "127.0.0.1", version: int = 1) -> bytes:
+    return (f"v=0\r\no=peer 1 {version} IN IP4 {host}\r\ns=-\r\nc=IN IP4 {host}\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=ptime:20\r\n"
+            "a=sendrecv\r\n").encode()
+
+
+def sdp_port(body: bytes) -> int:
+    match = re.search(rb"^m=audio (\d+) ", body, re.M)
+    assert match is not None, body
+    return int(match.group(1))
