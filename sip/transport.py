@@ -149,6 +149,7 @@ class SipTransport:
         tcp_idle_timeout: float = 120.0,
         max_tcp_connections: int = 2048,
         guard: FloodGuard | None = None,
+        max_tcp_per_source: int = 64,
     ) -> None:
         self.on_message = on_message
         self.guard = guard  # per-source flood limits: a blocked source is dropped silently
@@ -158,6 +159,8 @@ class SipTransport:
         self.limits = limits
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_tcp_connections = max_tcp_connections
+        self.max_tcp_per_source = max_tcp_per_source  # one address cannot take them all
+        self._per_source: dict[str, int] = {}
         self.listen: Addr = ("0.0.0.0", 0)
         self.transports: tuple[str, ...] = ()
         self._udp: asyncio.DatagramTransport | None = None
@@ -391,16 +394,34 @@ class SipTransport:
         self.send(bytes(response), target)
 
     def _tcp_opened(self, conn: _Tcp) -> None:
+        ip = conn.remote[0]
+        if self.guard is not None and self.guard.is_blocked(ip):
+            conn.close()  # blocked for flooding: silently
+            return
         if len(self._conns) >= self.max_tcp_connections:
             log.warning("SIP TCP connection from %s:%d refused: %d open",
                         *conn.remote, len(self._conns))
             conn.close()
             return
+        if self._per_source.get(ip, 0) >= self.max_tcp_per_source:
+            log.debug("SIP TCP connection from %s:%d refused: %d open from there",
+                      *conn.remote, self.max_tcp_per_source)
+            self.metrics.sip_flood_dropped_total.labels("other", "connections").inc()
+            conn.close()
+            return
+        self._per_source[ip] = self._per_source.get(ip, 0) + 1
         self._conns[conn.id] = conn
         self._by_remote[conn.remote] = conn.id
 
     def _tcp_closed(self, conn: _Tcp) -> None:
-        self._conns.pop(conn.id, None)
+        if self._conns.pop(conn.id, None) is None:
+            return  # refused in _tcp_opened: never counted
+        ip = conn.remote[0]
+        left = self._per_source.get(ip, 1) - 1
+        if left > 0:
+            self._per_source[ip] = left
+        else:
+            self._per_source.pop(ip, None)
         if self._by_remote.get(conn.remote) == conn.id:
             del self._by_remote[conn.remote]
 

@@ -172,3 +172,36 @@ async def test_transport_closes_tcp_from_a_blocked_source(transport) -> None:
 def _source(ip: str):  # type: ignore[no-untyped-def]
     from sip.transport import Source
     return Source("udp", (ip, 5060), ("127.0.0.1", 5060))
+
+
+async def test_tcp_connections_per_source_are_capped() -> None:
+    clock = ManualClock()
+    metrics = Metrics(CollectorRegistry())
+    t = SipTransport(lambda m, s: None, clock=clock, metrics=metrics, max_tcp_per_source=3)
+    await t.start("127.0.0.1", 0)
+    writers = []
+    try:
+        for _ in range(5):
+            _, writer = await asyncio.open_connection("127.0.0.1", t.port,
+                                                      local_addr=("127.0.0.4", 0))
+            writers.append(writer)
+        _, other = await asyncio.open_connection("127.0.0.1", t.port)
+        writers.append(other)
+        async with asyncio.timeout(5):
+            while t.tcp_connections < 4 or sample(metrics, "sip_flood_dropped_total",
+                                                  method="other", reason="connections") < 2:
+                await asyncio.sleep(0.01)
+        assert t.tcp_connections == 4  # three from 127.0.0.4, one from 127.0.0.1
+        writers[0].close()
+        async with asyncio.timeout(5):
+            while t.tcp_connections > 3:
+                await asyncio.sleep(0.01)
+        _, again = await asyncio.open_connection("127.0.0.1", t.port, local_addr=("127.0.0.4", 0))
+        writers.append(again)
+        async with asyncio.timeout(5):
+            while t.tcp_connections < 4:  # a slot freed by the close is taken again
+                await asyncio.sleep(0.01)
+    finally:
+        for writer in writers:
+            writer.close()
+        await t.stop()
