@@ -324,3 +324,44 @@ def test_config_errors_do_not_echo_secrets(tmp_path: Path) -> None:
                           cwd=tmp_path)
     assert proc.returncode != 0 and "sip.auth_secret" in proc.stderr + proc.stdout
     assert "short-Sekrit" not in proc.stderr + proc.stdout
+
+
+# -- digest nonces ----------------------------------------------------------------------------
+
+
+def test_replayed_digest_credentials_are_refused(tmp_path: Path) -> None:
+    from sip.digest import authorize, parse_challenges
+
+    env = {"SWITCHBOARD_SIP__TRUSTED_NETWORKS": "[192.0.2.0/24]",
+           "SWITCHBOARD_SIP__CALLERS": "{alice: Alice-Pw-1}"}
+    with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+        uri = "sip:echo@127.0.0.1"
+        first = SipPeer(server.sip_port)
+        replay = SipPeer(server.sip_port)
+        try:
+            first.send("INVITE", 1, uri=uri, body=sdp(free_port(socket.SOCK_DGRAM)))
+            challenged = first.final(1)
+            assert challenged.status == 401
+            lines = [v.decode() for v in re.findall(rb"^WWW-Authenticate: (.*)\r$",
+                                                    challenged.raw, re.M)]
+            challenge = parse_challenges(lines)[0]
+            assert challenge.qop == ("auth",) and not challenge.stale
+            credentials = authorize(challenge, username="alice", password="Alice-Pw-1",
+                                    method="INVITE", uri=uri, cnonce="c0ffee", nc=1)
+            first.send("ACK", 1)
+            first.to_tag = ""
+            auth = f"Authorization: {credentials}\r\n"
+            first.send("INVITE", 2, uri=uri, extra=auth, body=sdp(free_port(socket.SOCK_DGRAM)))
+            assert first.final(2).status == 200
+            first.send("ACK", 2)
+            # The same Authorization (same nonce, same nc) on another call: a replay.
+            replay.send("INVITE", 1, uri=uri, extra=auth, body=sdp(free_port(socket.SOCK_DGRAM)))
+            assert replay.final(1).status == 403
+            replay.send("ACK", 1)
+            first.send("BYE", 3)
+            assert first.final(3).status == 200
+        finally:
+            first.close()
+            replay.close()
+        assert "digest replay for user 'alice'" in server.log()
+        assert counter(server, "calls_rejected_total", transport="sip", reason="forbidden") == 1
