@@ -307,7 +307,7 @@ class Conversation:
             return None
         label = "filler" if key.startswith("filler") else key
         self.metrics.phrases_played_total.labels(phrase=label).inc()
-        self.calllog.event("say", phrase=key)
+        self.calllog.event("say", phrase=key, text=phrases.text(key))
         return self.speaker.send_marked(
             phrases.get(key), phrases.sample_rate, text=phrases.text(key), kind=key
         )

@@ -177,6 +177,9 @@ class TurnRunner:
                 if not text:
                     return "empty"
                 turn.record.transcript = text
+                # Live followers (the browser console) show the words before the answer.
+                self.calllog.event("caller_said", logging.DEBUG, turn=turn.record.index,
+                                   text=text)
                 if self.settings.goodbye_detection and is_goodbye(text):
                     self.history.add_user(text)
                     return "goodbye"
@@ -341,6 +344,9 @@ class TurnRunner:
                 turn.chunks.append(
                     self.speaker.send_marked(held, rate, text=text, kind="answer", owner=turn)
                 )
+                # Live followers (the browser console) show it as it is heard.
+                self.calllog.event("agent_said", logging.DEBUG, turn=turn.record.index,
+                                   text=text)
         if t0 is not None:
             self._observe(turn, "tts_total", self.clock.now() - t0)
 

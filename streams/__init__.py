@@ -4,7 +4,8 @@ same handler, barge-in and metrics work whatever the door.
 
 StreamDoors assembles them for the application: the two WebSocket doors' routes on the
 HTTP app, the AudioSocket TCP server, one shared StreamContext (pacer, metrics, handler
-factory, limits), and a bounded shutdown.
+factory, limits), and a bounded shutdown. The browser door (streams.browser) is added by
+the console (switchboard.console) on the same StreamContext, so it shares those limits.
 """
 
 from __future__ import annotations

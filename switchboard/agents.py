@@ -51,6 +51,7 @@ def whisper_settings(c: AsrConfig) -> WhisperSettings:
         compute_type=c.compute_type,
         cpu_threads=c.cpu_threads,
         language=c.language,
+        min_window_s=c.min_window_s,
     )
 
 

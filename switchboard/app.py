@@ -23,6 +23,7 @@ from sip.uri import parse_hostport
 from streams import StreamDoors
 from switchboard.agents import Agents
 from switchboard.config import Config, FloodConfig, SipConfig
+from switchboard.console import ActiveCalls, Console
 from switchboard.dial import OutboundCalls
 from switchboard.http import add_call_routes, build_http_app
 from switchboard.records.api import RecordsHttp
@@ -55,12 +56,20 @@ class Switchboard:
         self.records = (Recorder(config.records, agent=config.agent, metrics=self.metrics,
                                  clock=self.clock) if config.records.enabled else None)
         add_call_routes(self.http_app, self.outbound,
-                        RecordsHttp(self.records) if self.records is not None else None)
+                        RecordsHttp(self.records) if self.records is not None else None,
+                        tokens=(config.http.api_token, config.console.token))
         # Media-stream doors (streams/): Twilio and FreeSWITCH routes on this HTTP app;
         # the AudioSocket server starts, and calls are taken, once the pacer runs.
         self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,
                                    metrics=self.metrics, clock=self.clock)
         self.streams.add_routes(self.http_app)
+        # The browser console (switchboard.console): Talk and Watch pages, its WebSocket
+        # door on the stream doors' shared limits, and the list of calls up now.
+        self.live = ActiveCalls(self.clock)
+        if config.console.enabled:
+            Console(token=config.console.token, ctx=self.streams.ctx, agents=self.agent_names,
+                    calls=self.live, max_lead_ms=config.console.max_lead_ms,
+                    ).add_routes(self.http_app)
 
     def handler_for(self, info: CallInfo) -> CallHandler:
         """The CallHandler that answers a call, by config.agent (every door uses this)."""
@@ -70,7 +79,9 @@ class Switchboard:
             log.warning("call %s refused with 503: %s", info.call_id, e,
                         extra={"call_id": info.call_id})
             raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
-        return self.records.wrap(info, handler) if self.records is not None else handler
+        if self.records is not None:
+            handler = self.records.wrap(info, handler)
+        return self.live.wrap(info, handler, agent=info.agent or self.config.agent)
 
     def agent_names(self) -> list[str]:
         """The agents a caller may pick by name (the browser console lists them)."""

@@ -7,6 +7,7 @@ import asyncio
 import os
 import sys
 
+from loadtest.command import add_loadtest_command
 from switchboard import __version__
 from switchboard.config import Config, ConfigError, load_config
 from switchboard.dial import add_call_command
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_call_command(sub)  # `switchboard call <sip-uri> --play in.wav ...` (switchboard.dial)
     add_calls_command(sub)  # `switchboard calls [id]`: call records (switchboard.records)
+    add_loadtest_command(sub)  # `switchboard loadtest sip|twilio ...` (loadtest.command)
     return parser
 
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "SWITCHBOARD_"
 # Keys whose values are never echoed in errors, nor anything under them (sip.callers.*).
 _SECRETS = {("password",), ("api_key",), ("auth_token",), ("token",), ("callers",),
-            ("auth_secret",), ("dsn",)}
+            ("auth_secret",), ("dsn",), ("api_token",)}
 
 
 class ConfigError(Exception):
@@ -162,6 +162,8 @@ class SipConfig(_Section):
 class HttpConfig(_Section):
     listen: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Needed by the calls API (POST /calls, GET /calls...); unset: loopback clients only.
+    api_token: str = Field(default="", repr=False)
 
 
 class AsrConfig(_Section):
@@ -171,6 +173,9 @@ class AsrConfig(_Section):
     language: str = "en"
     cpu_threads: int = Field(default=2, ge=1)
     hint: str | None = None
+    # Whisper's encoder sees this much (or the utterance + 2 s) instead of 30 s: ~4x
+    # faster on CPU; null restores the full window.
+    min_window_s: float | None = Field(default=10.0, ge=3, le=30)
 
 
 class LlmConfig(_Section):
@@ -277,17 +282,37 @@ class RecordsConfig(_Section):
     """Where every call's record goes (GET /calls, `switchboard calls`)."""
 
     enabled: bool = True
-    backend: Literal["sqlite", "postgres"] = "sqlite"
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: str = "./switchboard-calls.db"  # sqlite: the database file (WAL)
-    dsn: str = Field(default="", repr=False)  # postgres: e.g. postgresql://user:pw@host/db
+    # postgresql: a libpq DSN, postgresql://user:pw@host:5432/db or "host=... dbname=...";
+    # a secret (the password): never logged nor echoed (SWITCHBOARD_RECORDS__DSN).
+    dsn: str = Field(default="", repr=False)
     retention_days: float = Field(default=30, gt=0, le=36500)
     redact_digits: bool = False  # blank runs of 4+ digits (cards, phones) in transcripts
 
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_alias(cls, v: Any) -> Any:
+        return "postgresql" if v == "postgres" else v  # the name most people type
+
     @model_validator(mode="after")
     def _dsn(self) -> RecordsConfig:
-        if self.backend == "postgres" and not self.dsn:
-            raise ValueError("the postgres backend needs records.dsn")
+        if self.backend == "postgresql" and not self.dsn.strip():
+            raise ValueError("the postgresql backend needs records.dsn "
+                             "(or SWITCHBOARD_RECORDS__DSN)")
         return self
+
+
+# -- the browser console (switchboard.console) ----------------------------------------------
+
+
+class ConsoleConfig(_Section):
+    """Talk and Watch pages at /console/. Without a token only loopback clients may call
+    or watch; set one before exposing the HTTP port (it is then required from everyone)."""
+
+    enabled: bool = True
+    token: str = Field(default="", repr=False)  # ?token= in the page URL, or a header
+    max_lead_ms: int = Field(default=100, ge=20, le=2000)  # audio sent ahead of real time
 
 
 class Config(_Section):
@@ -302,6 +327,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     streams: StreamsConfig = StreamsConfig()  # media-stream doors (streams/)
     records: RecordsConfig = RecordsConfig()  # call records (switchboard.records)
+    console: ConsoleConfig = ConsoleConfig()  # browser console (switchboard.console)
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:
