@@ -232,9 +232,12 @@ SECRETS = {
     "SWITCHBOARD_STREAMS__TWILIO__AUTH_TOKEN": "Twilio-Token-0d9c55",
     "SWITCHBOARD_STREAMS__FREESWITCH__TOKEN": "Fs-Token-a8c3f2",
     "SWITCHBOARD_LLM__API_KEY": "Llm-Key-b7e6d1",
+    "SWITCHBOARD_HTTP__API_TOKEN": "Api-Token-3e9f07",
+    "SWITCHBOARD_CONSOLE__TOKEN": "Console-Token-6a2d48",
 }
 SECRET_VALUES = ["Caller-Pw-7f3a91", "Nonce-Key-5c2e8d4b9a", "Trunk-Pw-e41b07",
-                 "Twilio-Token-0d9c55", "Fs-Token-a8c3f2", "Llm-Key-b7e6d1"]
+                 "Twilio-Token-0d9c55", "Fs-Token-a8c3f2", "Llm-Key-b7e6d1", "Api-Token-3e9f07",
+                 "Console-Token-6a2d48"]
 
 
 def post_form(server: Server, path: str, fields: dict[str, str], headers: dict[str, str]) -> int:
@@ -242,6 +245,16 @@ def post_form(server: Server, path: str, fields: dict[str, str], headers: dict[s
     request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}", data=data,
                                      headers={"Content-Type": "application/x-www-form-urlencoded",
                                               **headers}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
+def bearer_get(server: Server, path: str, token: str) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{server.http_port}{path}",
+                                     headers={"Authorization": f"Bearer {token}"})
     try:
         with urllib.request.urlopen(request, timeout=10) as r:
             return r.status
@@ -302,6 +315,9 @@ def test_secrets_from_config_never_reach_the_log(tmp_path: Path) -> None:
             with pytest.raises(urllib.error.HTTPError) as refused:
                 urllib.request.urlopen(request, timeout=10)
             assert refused.value.code == 403
+            # The calls API: refused with a wrong token, served with the right one.
+            assert bearer_get(server, "/calls", "Api-Token-wrong") == 403
+            assert bearer_get(server, "/calls", "Api-Token-3e9f07") == 200
             metrics = server.metrics()
             log = server.log()
         assert "DEBUG" in log and "challenged" in log  # the log really is at DEBUG
