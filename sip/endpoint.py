@@ -404,7 +404,7 @@ class SipEndpoint:
         call.sdp = sdp
         call.targets = self.targets
         self.calls[p.dialog.id] = call
-        if p.source.transport == "tcp":
+        if p.source.reliable:  # TCP or TLS: keep the connection for our BYE
             self._hold(p.source.connection, True)
         self.metrics.calls_active.labels("sip").inc()
         return call
@@ -414,7 +414,7 @@ class SipEndpoint:
 
     def _call_closed(self, call: SipCall) -> None:
         self.calls.pop(call.dialog.id, None)
-        if call.dialog.transport == "tcp":
+        if call.dialog.transport != "udp":
             self._hold(call.dialog.connection, False)
 
     def _hold(self, connection: int | None, hold: bool) -> None:

@@ -4,6 +4,7 @@ sessions on the shared pacer and port allocator. The app maps its config onto th
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass, field
 
 from media.clock import Clock
@@ -40,6 +41,19 @@ class SipServerConfig:
     targets: TargetPolicy | None = None  # None: no restriction (the `switchboard call` UA)
     limits: Limits = DEFAULT_LIMITS  # SIP message size limits
     rtp_follow_rebinding: bool = False  # see RtpOptions.follow_rebinding
+    tls_port: int = 5061  # with "tls" in transports
+    tls_cert_file: str | None = None  # PEM certificate chain
+    tls_key_file: str | None = None  # PEM private key
+
+
+def tls_context(cert_file: str | None, key_file: str | None) -> ssl.SSLContext:
+    """The server side of SIP over TLS: TLS 1.2 or later, the system's default ciphers."""
+    if not cert_file or not key_file:
+        raise ValueError("SIP over TLS needs tls_cert_file and tls_key_file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
 
 
 class SipServer:
@@ -82,7 +96,9 @@ class SipServer:
 
     async def start(self) -> None:
         c = self.config
-        await self.transport.start(c.listen, c.port, c.transports)
+        context = tls_context(c.tls_cert_file, c.tls_key_file) if "tls" in c.transports else None
+        await self.transport.start(c.listen, c.port, c.transports, tls_port=c.tls_port,
+                                   tls_context=context)
 
     async def stop(self) -> None:
         """503 to new calls, BYE to calls in progress (bounded), then close the sockets."""

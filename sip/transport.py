@@ -21,6 +21,7 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 
 from media.clock import Clock
 from pipeline.metrics import Metrics
@@ -77,10 +78,11 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Tcp(asyncio.Protocol):
-    """One TCP connection, accepted or opened by us."""
+    """One TCP (or TLS) connection, accepted or opened by us."""
 
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, kind: str = "tcp") -> None:
         self.owner = owner
+        self.kind = kind  # "tcp" | "tls": asyncio does the TLS underneath
         self.id = next(owner._ids)
         self.framer = StreamFramer(owner.limits)
         self.transport: asyncio.Transport | None = None
@@ -116,7 +118,7 @@ class _Tcp(asyncio.Protocol):
 
     @property
     def source(self) -> Source:
-        return Source("tcp", self.remote, self.local, self.id)
+        return Source(self.kind, self.remote, self.local, self.id)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -165,6 +167,8 @@ class SipTransport:
         self.transports: tuple[str, ...] = ()
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self.tls_port = 0
         self._ids = itertools.count(1)
         self._conns: dict[int, _Tcp] = {}
         self._by_remote: dict[Addr, int] = {}
@@ -176,10 +180,15 @@ class SipTransport:
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(
-        self, host: str, port: int, transports: tuple[str, ...] = ("udp", "tcp")
+        self, host: str, port: int, transports: tuple[str, ...] = ("udp", "tcp"), *,
+        tls_port: int = 5061, tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        """Bind the listeners. Port 0 picks a free UDP port, and TCP takes the same one."""
+        """Bind the listeners. Port 0 picks a free UDP port, and TCP takes the same one.
+        TLS (inbound only: we answer on the connection, never open one) listens on
+        `tls_port` with `tls_context`."""
         loop = asyncio.get_running_loop()
+        if "tls" in transports and tls_context is None:
+            raise ValueError("SIP over TLS needs a certificate and key (tls_context)")
         if "udp" in transports:
             udp, _ = await loop.create_datagram_endpoint(
                 lambda: _Udp(self), local_addr=(host, port)
@@ -191,10 +200,17 @@ class SipTransport:
                 lambda: _Tcp(self), host, port, reuse_address=True
             )
             port = _addr(self._server.sockets[0].getsockname())[1]
+        if "tls" in transports:
+            self._tls_server = await loop.create_server(
+                lambda: _Tcp(self, "tls"), host, tls_port, ssl=tls_context, reuse_address=True,
+                ssl_handshake_timeout=10.0,
+            )
+            self.tls_port = _addr(self._tls_server.sockets[0].getsockname())[1]
         self.listen = (host, port)
         self.transports = tuple(transports)
         self._sweeper = loop.create_task(self._sweep_idle(), name="sip-tcp-idle")
-        log.info("SIP listening on %s:%d (%s)", host, port, "+".join(transports).upper())
+        log.info("SIP listening on %s:%d (%s)%s", host, port, "+".join(transports).upper(),
+                 f", TLS on {self.tls_port}" if self._tls_server is not None else "")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -202,16 +218,18 @@ class SipTransport:
             self._sweeper = None
         for task in list(self._tasks) + list(self._connecting.values()):
             task.cancel()
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         for conn in list(self._conns.values()):
             conn.close()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                await server.wait_closed()
+        self._server = self._tls_server = None
 
     @property
     def port(self) -> int:
@@ -250,7 +268,8 @@ class SipTransport:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         params = Via("UDP", host).params.with_param("branch", branch).with_param("rport")
-        return Via(target.transport.upper(), host, self.port, params)
+        port = self.tls_port if target.transport == "tls" else self.port
+        return Via(target.transport.upper(), host, port, params)
 
     # -- TCP pinning -------------------------------------------------------------------------
 
@@ -289,6 +308,14 @@ class SipTransport:
             if conn is not None:
                 conn.write(data)
                 return
+        elif target.transport == "tls":
+            conn = self._open_conn(target)
+            if conn is not None and conn.kind == "tls":
+                conn.write(data)
+            else:
+                self._fail(on_error, TransportError(
+                    f"no TLS connection open to {target.host}:{target.port}"))
+            return
         else:
             self._fail(on_error, TransportError(f"transport {target.transport!r} not supported"))
             return

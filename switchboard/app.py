@@ -225,6 +225,7 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
         targets=_target_policy(sip),
         limits=Limits(max_message=sip.max_message_bytes),
         rtp_follow_rebinding=sip.rtp_follow_rebinding,
+        tls_port=sip.tls_port, tls_cert_file=sip.tls_cert_file, tls_key_file=sip.tls_key_file,
     )
 
 

@@ -90,7 +90,11 @@ class TargetsConfig(_Section):
 class SipConfig(_Section):
     listen: str = "0.0.0.0"
     port: int = Field(default=5060, ge=1, le=65535)
-    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp"]
+    # SIP over TLS (inbound: answered on the caller's connection): "tls" in transports.
+    tls_port: int = Field(default=5061, ge=1, le=65535)
+    tls_cert_file: str | None = None  # PEM certificate (chain)
+    tls_key_file: str | None = None  # PEM private key
     advertised_address: str | None = None  # public address for SDP and Contact behind NAT
     codecs: list[Literal["PCMU", "PCMA", "opus"]] = ["PCMU", "PCMA", "opus"]
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
@@ -156,6 +160,8 @@ class SipConfig(_Section):
     def _port_range(self) -> SipConfig:
         if self.rtp_port_max - self.rtp_port_min < 2:
             raise ValueError("rtp_port_max must be at least rtp_port_min + 2")
+        if "tls" in self.transports and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError("transport tls needs sip.tls_cert_file and sip.tls_key_file")
         return self
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import secrets
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -119,16 +120,22 @@ def udp_exchange(server_port: int, data: bytes, *, local: str = "127.0.0.1",
     return result
 
 
-def tcp_exchange(server_port: int, data: bytes, *, timeout: float = 3.0) -> Exchange:
-    """Send `data` on a fresh connection, then an OPTIONS probe on it; if the server
-    closed it, probe on a new connection."""
+def connect(server_port: int, timeout: float, tls: ssl.SSLContext | None) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server_port), timeout=timeout)
+    return tls.wrap_socket(sock, server_hostname="127.0.0.1") if tls is not None else sock
+
+
+def tcp_exchange(server_port: int, data: bytes, *, timeout: float = 3.0,
+                 tls: ssl.SSLContext | None = None) -> Exchange:
+    """Send `data` on a fresh connection (TLS with a `tls` context), then an OPTIONS probe
+    on it; if the server closed it, probe on a new connection."""
     result = Exchange()
-    with socket.create_connection(("127.0.0.1", server_port), timeout=timeout) as sock:
+    with connect(server_port, timeout, tls) as sock:
         port = sock.getsockname()[1]
         probe_id = f"probe-{secrets.token_hex(6)}"
         try:
             sock.sendall(data)
-            sock.sendall(options(port, "TCP", probe_id))
+            sock.sendall(options(port, "TLS" if tls else "TCP", probe_id))
         except OSError:
             result.closed = True
         buffer = bytearray()
@@ -157,14 +164,14 @@ def tcp_exchange(server_port: int, data: bytes, *, timeout: float = 3.0) -> Exch
                 else:
                     result.responses.append(response)
     if not result.probe_ok:
-        result.probe_ok = tcp_probe(server_port, timeout)
+        result.probe_ok = tcp_probe(server_port, timeout, tls)
     return result
 
 
-def tcp_probe(server_port: int, timeout: float = 3.0) -> bool:
-    with socket.create_connection(("127.0.0.1", server_port), timeout=timeout) as sock:
+def tcp_probe(server_port: int, timeout: float = 3.0, tls: ssl.SSLContext | None = None) -> bool:
+    with connect(server_port, timeout, tls) as sock:
         probe_id = f"probe-{secrets.token_hex(6)}"
-        sock.sendall(options(sock.getsockname()[1], "TCP", probe_id))
+        sock.sendall(options(sock.getsockname()[1], "TLS" if tls else "TCP", probe_id))
         buffer = bytearray()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
