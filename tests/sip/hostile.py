@@ -8,8 +8,10 @@ import re
 import secrets
 import socket
 import ssl
+import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 _STATUS = re.compile(rb"SIP/2\.0 ([1-6][0-9]{2})[ \r]")
 _CALL_ID = re.compile(rb"^(?:Call-ID|i)[ \t]*:[ \t]*(\S*)", re.I | re.M)
@@ -253,3 +255,19 @@ def sdp_port(body: bytes) -> int:
     match = re.search(rb"^m=audio (\d+) ", body, re.M)
     assert match is not None, body
     return int(match.group(1))
+
+
+def make_certificate(folder: Path) -> tuple[str, str]:
+    """A self-signed EC certificate for 127.0.0.1 and its key (PEM files), by openssl."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def client_context(cert: str) -> ssl.SSLContext:
+    """A TLS client that trusts `cert` (and verifies the server against it)."""
+    return ssl.create_default_context(cafile=cert)

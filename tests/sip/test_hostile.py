@@ -25,8 +25,14 @@ import numpy as np
 import pytest
 
 from loadtest.pcap import pcm_to_rtp, write_rtp_pcap
-from tests.helpers import Server, switchboard
-from tests.sip.hostile import Exchange, tcp_exchange, udp_exchange
+from tests.helpers import Server, free_port, switchboard
+from tests.sip.hostile import (
+    Exchange,
+    client_context,
+    make_certificate,
+    tcp_exchange,
+    udp_exchange,
+)
 
 pytestmark = [
     pytest.mark.slow,
@@ -133,13 +139,27 @@ def tone_pcap(path: Path, seconds: float = 3.0) -> None:
     write_rtp_pcap(path, pcm_to_rtp(pcm))
 
 
-@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 def test_hostile_messages_then_a_real_call(tmp_path: Path, transport: str) -> None:
+    """Over TLS the expectations are TCP's (the same framing) and SIPp calls over UDP."""
     from tests.sip.test_sipp import run_sipp
 
-    send: Callable[[int, bytes], Exchange] = udp_exchange if transport == "udp" else tcp_exchange
-    column = 0 if transport == "udp" else 1
     env = {"SWITCHBOARD_SIP__MAX_MESSAGE_BYTES": str(MAX_MESSAGE)}
+    send: Callable[[int, bytes], Exchange] = udp_exchange if transport == "udp" else tcp_exchange
+    if transport == "tls":
+        if shutil.which("openssl") is None:
+            pytest.skip("no openssl")
+        cert, key = make_certificate(tmp_path)
+        tls_port = free_port()
+        env.update({"SWITCHBOARD_SIP__TRANSPORTS": "[udp, tcp, tls]",
+                    "SWITCHBOARD_SIP__TLS_PORT": str(tls_port),
+                    "SWITCHBOARD_SIP__TLS_CERT_FILE": cert, "SWITCHBOARD_SIP__TLS_KEY_FILE": key})
+        context = client_context(cert)
+
+        def send(_port: int, data: bytes) -> Exchange:
+            return tcp_exchange(tls_port, data, tls=context)
+
+    column = 0 if transport == "udp" else 1
     with switchboard(tmp_path, "--agent", "echo", env=env) as server:
         wrong: list[str] = []
         for name, data in messages().items():
@@ -153,7 +173,8 @@ def test_hostile_messages_then_a_real_call(tmp_path: Path, transport: str) -> No
                 wrong.append(f"{name}: OPTIONS not answered after it")
         assert not wrong, "\n".join(wrong)
         tone_pcap(tmp_path / "speech.pcap")
-        run = run_sipp("uac_pcmu", transport, server, tmp_path, "-d", "3500")
+        run = run_sipp("uac_pcmu", "udp" if transport == "tls" else transport, server, tmp_path,
+                       "-d", "3500")
         assert run.returncode == 0, run.explain()
         assert server.proc.poll() is None
         log = server.log()

@@ -10,7 +10,6 @@ import secrets
 import shutil
 import socket
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
@@ -24,26 +23,23 @@ from sip.server import tls_context
 from sip.transport import SipTransport, Source, Target, TransportError, response_target
 from switchboard.config import ConfigError, load_config
 from tests.helpers import free_port, switchboard
-from tests.sip.hostile import _parse, _split_responses, options, sdp, tcp_exchange, tcp_probe
+from tests.sip.hostile import (
+    _parse,
+    _split_responses,
+    client_context,
+    make_certificate,
+    options,
+    sdp,
+    tcp_exchange,
+    tcp_probe,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
-    path = tmp_path_factory.mktemp("tls")
-    cert, key = path / "cert.pem", path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60)
-    return str(cert), str(key)
-
-
-def client_context(cert: str) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=cert)  # verifies our self-signed server
-    return context
+    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 # -- the transport ------------------------------------------------------------------------------
