@@ -221,7 +221,7 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
             nonce_ttl=sip.nonce_ttl,
             auth_secret=sip.auth_secret.encode() if sip.auth_secret else None,
         ),
-        flood=_flood_limits(sip.flood),
+        flood=_flood_limits(sip.flood, sip.trusted_networks),
         targets=_target_policy(sip),
         limits=Limits(max_message=sip.max_message_bytes),
         rtp_follow_rebinding=sip.rtp_follow_rebinding,
@@ -242,12 +242,13 @@ def _target_policy(sip: SipConfig) -> TargetPolicy:
     return TargetPolicy(numbers=t.numbers, allowed=t.allowed, denied=t.denied, trunk_hosts=hosts)
 
 
-def _flood_limits(flood: FloodConfig) -> FloodLimits:
+def _flood_limits(flood: FloodConfig, trusted: list[str]) -> FloodLimits:
+    exempt = [*flood.exempt_networks, *(trusted if flood.exempt_trusted else [])]
     return FloodLimits(
         enabled=flood.enabled,
         rates={"INVITE": Rate(flood.invite_per_second, flood.invite_burst),
                "REGISTER": Rate(flood.register_per_second, flood.register_burst),
                "OPTIONS": Rate(flood.options_per_second, flood.options_burst)},
         block_seconds=flood.block_seconds, max_sources=flood.max_sources,
-        exempt_networks=tuple(flood.exempt_networks),
+        exempt_networks=tuple(dict.fromkeys(exempt)),
     )

@@ -70,6 +70,9 @@ class FloodConfig(_Section):
     max_sources: int = Field(default=10_000, ge=100, le=10_000_000)  # bounds the tables
     # Never limited; add the address of a SIP proxy in front of Switchboard.
     exempt_networks: list[str] = ["127.0.0.1/32", "::1/128"]
+    # sip.trusted_networks (the trunk, the PBX: one address carrying every call) are not
+    # limited either; false limits them too.
+    exempt_trusted: bool = True
 
     @field_validator("exempt_networks")
     @classmethod

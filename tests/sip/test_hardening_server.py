@@ -77,7 +77,8 @@ def test_a_flooding_source_is_blocked_while_a_real_call_completes(tmp_path: Path
     from tests.sip.test_sipp import run_sipp
 
     flood_env = "SWITCHBOARD_SIP__FLOOD__"
-    env = {flood_env + "EXEMPT_NETWORKS": "[]",  # 127.0.0.1 is limited too
+    env = {flood_env + "EXEMPT_NETWORKS": "[]", flood_env + "EXEMPT_TRUSTED": "false",
+           # so 127.0.0.1 is limited too, and so is 127.0.0.2 (trusted: no digest needed)
            flood_env + "INVITE_BURST": "5", flood_env + "INVITE_PER_SECOND": "1",
            flood_env + "BLOCK_SECONDS": "4"}
     with switchboard(tmp_path, "--agent", "echo", env=env) as server:

@@ -61,6 +61,18 @@ async def test_oversized_sdp_gets_413_and_the_endpoint_carries_on() -> None:
 # -- SIP ---------------------------------------------------------------------------------------
 
 
+def test_flood_config_maps_to_limits() -> None:
+    limits = _sip_server_config(load_config(None, {
+        "SWITCHBOARD_SIP__TRUSTED_NETWORKS": "[10.1.0.0/16]",
+        "SWITCHBOARD_SIP__FLOOD__INVITE_BURST": "7"}).sip).flood
+    assert limits.exempt_networks == ("127.0.0.1/32", "::1/128", "10.1.0.0/16")
+    assert limits.rates["INVITE"].burst == 7 and limits.rates["OPTIONS"].per_second == 10
+    strict = _sip_server_config(load_config(None, {
+        "SWITCHBOARD_SIP__FLOOD__EXEMPT_TRUSTED": "false",
+        "SWITCHBOARD_SIP__FLOOD__EXEMPT_NETWORKS": "[]"}).sip).flood
+    assert strict.exempt_networks == ()
+
+
 def test_max_message_bytes_is_configurable() -> None:
     config = load_config(None, {"SWITCHBOARD_SIP__MAX_MESSAGE_BYTES": "8192"})
     assert _sip_server_config(config.sip).limits == Limits(max_message=8192)
