@@ -215,6 +215,15 @@ class Metrics:
         self.records_pending = Gauge(
             p + "records_pending", "Call-record writes waiting for the database", registry=r
         )
+        # Dialplan (dialplan/, switchboard.dialplans): outcome is ok | invalid | error.
+        self.dialplan_reloads_total = Counter(
+            p + "dialplan_reloads_total", "Dialplan reloads (SIGHUP or file change), by outcome",
+            ["outcome"], registry=r,
+        )
+        self.call_actions_total = Counter(
+            p + "call_actions_total", "Actions an agent took (transfer, hangup, send_dtmf)",
+            ["action", "outcome"], registry=r,
+        )
         # Process
         self.event_loop_lag_seconds = Histogram(
             p + "event_loop_lag_seconds", "How late a periodic event-loop probe ran",

@@ -20,6 +20,7 @@ from media.pacer import Pacer
 from pipeline.metrics import Metrics
 from streams import audiosocket, freeswitch, twilio
 from streams.context import HandlerFactory, StreamContext
+from streams.twilio import RouteCheck
 from streams.twilio_rest import rest_client
 
 if TYPE_CHECKING:  # the app's config type, for the annotation only
@@ -35,8 +36,9 @@ class StreamDoors:
     start(pacer) once the shared pacer runs; stop() at shutdown."""
 
     def __init__(self, config: StreamsConfig, *, handler_factory: HandlerFactory,
-                 metrics: Metrics, clock: Clock) -> None:
+                 metrics: Metrics, clock: Clock, route_check: RouteCheck | None = None) -> None:
         self.config = config
+        self.route_check = route_check  # the Twilio webhook rejects calls with no agent
         self.ctx = StreamContext(
             handler_factory=handler_factory, metrics=metrics, clock=clock,
             max_streams=config.max_concurrent_streams, idle_timeout=config.idle_timeout,
@@ -50,6 +52,7 @@ class StreamDoors:
         twilio.add_routes(app, self.ctx, twilio.TwilioSettings(
             auth_token=tw.auth_token, public_base_url=c.public_base_url,
             max_lead_ms=tw.max_lead_ms, rest=rest_client(tw.account_sid, tw.auth_token),
+            route_check=self.route_check,
         ))
         freeswitch.add_routes(app, self.ctx, freeswitch.FreeswitchSettings(
             token=fs.token, output=fs.output, sample_rate=fs.sample_rate, chunk_ms=fs.chunk_ms,

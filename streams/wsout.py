@@ -35,6 +35,7 @@ _CLOSE_CODES = {
     "busy": WSCloseCode.TRY_AGAIN_LATER,
     "unavailable": WSCloseCode.TRY_AGAIN_LATER,
     "bad_request": WSCloseCode.UNSUPPORTED_DATA,
+    "no_route": WSCloseCode.POLICY_VIOLATION,  # the dialplan has no agent for this call
 }
 
 

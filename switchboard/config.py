@@ -326,6 +326,9 @@ class ConsoleConfig(_Section):
 
 class Config(_Section):
     agent: Literal["echo", "conversation"] = "conversation"
+    # Which agent answers which call (dialplan/README.md). Unset: `agent` answers all.
+    dialplan: str | None = None
+    dialplan_poll_seconds: float = Field(default=2.0, ge=0, le=3600)  # 0: SIGHUP only
     # SIGTERM: stop taking calls at once, let calls in progress go on this long, then end them.
     shutdown_drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     sip: SipConfig = SipConfig()
