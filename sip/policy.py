@@ -25,7 +25,7 @@ from fnmatch import fnmatchcase
 from sip.grammar import SipParseError
 from sip.uri import Uri
 
-__all__ = ["TargetPolicy", "target_uri"]
+__all__ = ["TargetPolicy", "listed_targets", "same_target", "target_uri"]
 
 _NUMBER = re.compile(r"\+?[0-9*#]{1,32}")
 Rule = Callable[[Uri], bool]
@@ -44,6 +44,25 @@ def target_uri(target: str) -> Uri | None:
         return Uri.parse(text)
     except SipParseError:
         return None
+
+
+def same_target(a: Uri, b: Uri) -> bool:
+    """The same number, or the same user at the same host and port (parameters aside)."""
+    return (a.scheme, a.user or "", a.host.lower().strip("[]"), a.port) == (
+        b.scheme, b.user or "", b.host.lower().strip("[]"), b.port)
+
+
+def listed_targets(targets: Callable[[], Iterable[str]]) -> Rule:
+    """A rule allowing exactly the targets `targets()` names now (the dialplan's transfer
+    targets; read on every check, so a reloaded plan applies at once)."""
+    def rule(uri: Uri) -> bool:
+        for text in targets():
+            listed = target_uri(text)
+            if listed is not None and same_target(listed, uri):
+                return True
+        return False
+
+    return rule
 
 
 class TargetPolicy:

@@ -19,7 +19,7 @@ from sip.endpoint import CallRefused, EndpointSettings
 from sip.flood import FloodLimits, Rate
 from sip.grammar import SipParseError
 from sip.message import Limits
-from sip.policy import TargetPolicy
+from sip.policy import TargetPolicy, listed_targets
 from sip.server import SipServer, SipServerConfig
 from sip.uri import parse_hostport
 from streams import StreamDoors
@@ -116,6 +116,15 @@ class Switchboard:
         dialplan's agents, or config.agent without one."""
         return self.agents.names()
 
+    def _transfer_targets(self) -> list[str]:
+        """Where the current dialplan may transfer calls: agents' transfer_to and the
+        targets of their transfer actions (sip.policy allows exactly these)."""
+        targets = []
+        for agent in self.agents.plan.agents.values():
+            targets += [agent.transfer_to] if agent.transfer_to else []
+            targets += [a.target for a in agent.actions() if a.do == "transfer" and a.target]
+        return targets
+
     async def reload_dialplan(self, why: str = "request") -> bool:
         """Read the dialplan file again (SIGHUP does this). False: refused, old plan kept."""
         if self.reloader is None:
@@ -154,6 +163,8 @@ class Switchboard:
         self.pacer.start()
         self.sip = SipServer(_sip_server_config(self.config.sip), handler_factory=self.handler_for,
                              clock=self.clock, metrics=self.metrics, pacer=self.pacer)
+        if self.sip.endpoint.targets is not None:  # the dialplan's transfer targets are allowed
+            self.sip.endpoint.targets.add_rule(listed_targets(self._transfer_targets))
         await self.sip.start()
         await self.outbound.start(self.sip)
         await self.streams.start(self.pacer)  # stream doors share the SIP side's pacer

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from sip.outbound import TargetNotAllowed
-from sip.policy import TargetPolicy, target_uri
+from sip.policy import TargetPolicy, listed_targets, same_target, target_uri
 from sip.refer import TransferNotAllowed
 from sip.registration import TrunkAccount
 from sip.uri import Uri
@@ -70,6 +70,18 @@ def test_app_rules_extend_the_policy_but_not_past_denied() -> None:
     p.add_rule(lambda uri: uri.host.endswith(".example.com") or uri.host == "blocked.example")
     assert allowed(p, "sip:sales@pbx.example.com")
     assert not allowed(p, "sip:x@blocked.example")
+
+
+def test_listed_targets_follow_the_current_list() -> None:
+    current = ["sip:operator@pbx.example.test", "+15550100"]
+    p = policy(numbers=False, denied=("+1900*",))
+    p.add_rule(listed_targets(lambda: current))
+    assert allowed(p, "sip:operator@PBX.example.test;transport=tcp")  # params aside
+    assert not allowed(p, "sip:operator@pbx.example.test:5070")  # another port
+    assert not allowed(p, "sip:sales@pbx.example.test") and allowed(p, "tel:+1-555-0100")
+    current[:] = ["+19005550100"]  # a reloaded plan; denied still wins
+    assert not allowed(p, "sip:operator@pbx.example.test") and not allowed(p, "+19005550100")
+    assert same_target(Uri.parse("sip:a@[::1]"), Uri.parse("sip:a@[::1];lr"))
 
 
 # -- outbound INVITE ---------------------------------------------------------------------------
