@@ -19,7 +19,7 @@ from switchboard.config import AsrConfig, LlmConfig, TtsConfig
 
 AGENT_KINDS = ("conversation", "echo", "playback", "transfer")
 DTMF_KEYS = frozenset("0123456789*#ABCD")
-TRANSPORTS = ("sip", "twilio", "freeswitch", "audiosocket", "browser")
+TRANSPORTS = ("sip", "twilio", "freeswitch", "audiosocket", "browser", "asterisk_ws")
 # SIP values a route may test: the routing headers and X- headers the SIP door keeps
 # (sip.invite.call_info), and the few facts it adds about the request.
 SIP_FACTS = ("request_uri", "from", "to", "auth_user", "source")
@@ -101,7 +101,8 @@ class Match(_Strict):
 
     callee: Patterns | None = None
     caller: Patterns | None = None
-    transport: tuple[Literal["sip", "twilio", "freeswitch", "audiosocket", "browser"], ...] = ()
+    transport: tuple[Literal["sip", "twilio", "freeswitch", "audiosocket", "browser",
+                             "asterisk_ws"], ...] = ()
     sip_header: dict[str, Patterns] | None = None
     twilio_param: dict[str, Patterns] | None = None
     freeswitch: dict[str, Patterns] | None = None

@@ -18,7 +18,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-TRANSPORTS = ("sip", "twilio", "freeswitch", "audiosocket", "browser")
+TRANSPORTS = ("sip", "twilio", "freeswitch", "audiosocket", "browser", "asterisk_ws")
 STAGES = ("asr", "llm_first_token", "llm_total", "tts_first_audio", "tts_total")
 ERROR_STAGES = ("asr", "llm", "tts", "conversation")
 

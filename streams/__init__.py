@@ -6,6 +6,8 @@ StreamDoors assembles them for the application: the two WebSocket doors' routes 
 HTTP app, the AudioSocket TCP server, one shared StreamContext (pacer, metrics, handler
 factory, limits), and a bounded shutdown. The browser door (streams.browser) is added by
 the console (switchboard.console) on the same StreamContext, so it shares those limits.
+Asterisk's chan_websocket door (streams.asterisk_ws) joins them when streams.asterisk_ws
+is enabled.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from aiohttp import web
 from media.clock import Clock
 from media.pacer import Pacer
 from pipeline.metrics import Metrics
-from streams import audiosocket, freeswitch, twilio
+from streams import asterisk_ws, audiosocket, freeswitch, twilio
 from streams.context import HandlerFactory, StreamContext
 from streams.twilio import RouteCheck
 from streams.twilio_rest import rest_client
@@ -61,6 +63,12 @@ class StreamDoors:
         log.info("stream doors: %s, %s (Twilio signatures %s, FreeSWITCH token %s)",
                  twilio.STREAM_PATH, freeswitch.PATH, "on" if tw.auth_token else "off",
                  "on" if fs.token else "off")
+        aw = c.asterisk_ws
+        if aw.enabled:
+            asterisk_ws.add_routes(app, self.ctx, asterisk_ws.AsteriskWsSettings(
+                token=aw.token, max_lead_ms=aw.max_lead_ms, marks=aw.marks, answer=aw.answer))
+            log.info("stream door: %s (Asterisk chan_websocket, token %s)", asterisk_ws.PATH,
+                     "on" if aw.token else "off")
 
     async def start(self, pacer: Pacer) -> None:
         self.ctx.pacer = pacer

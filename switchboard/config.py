@@ -265,6 +265,26 @@ class AudioSocketConfig(_Section):
         return _check_cidrs(v)
 
 
+class AsteriskWsStreamsConfig(_Section):
+    """Asterisk chan_websocket (GET /asterisk/ws): Asterisk connects out to Switchboard
+    through a websocket_client.conf entry. `marks`: timeline = marks fire on our clock;
+    asterisk = MARK_MEDIA / MEDIA_MARK_PROCESSED (a release that has MARK_MEDIA).
+    `answer`: send ANSWER when the call starts (for the dial string's `n` option)."""
+
+    enabled: bool = False
+    token: str = Field(default="", repr=False)  # websocket_client.conf password, or ?token=
+    max_lead_ms: int = Field(default=100, ge=20, le=2000)  # audio sent ahead of real time
+    marks: Literal["timeline", "asterisk"] = "timeline"
+    answer: bool = False
+
+    @field_validator("max_lead_ms")
+    @classmethod
+    def _whole_frames(cls, v: int) -> int:
+        if v % 20:
+            raise ValueError(f"must be a multiple of 20 ms, got {v}")
+        return v
+
+
 class StreamsConfig(_Section):
     public_base_url: str | None = None  # e.g. https://voice.example.com, for TwiML stream URLs
     max_concurrent_streams: int = Field(default=200, ge=1)  # all stream doors together
@@ -273,6 +293,7 @@ class StreamsConfig(_Section):
     twilio: TwilioStreamsConfig = TwilioStreamsConfig()
     freeswitch: FreeswitchStreamsConfig = FreeswitchStreamsConfig()
     audiosocket: AudioSocketConfig = AudioSocketConfig()
+    asterisk_ws: AsteriskWsStreamsConfig = AsteriskWsStreamsConfig()
 
     @field_validator("public_base_url")
     @classmethod

@@ -12,6 +12,8 @@ from pipeline.leg import CallInfo
 from sip.invite import call_info
 from sip.message import SipRequest
 from sip.routing import Source
+from streams.asterisk_ws import call_info as ws_call_info
+from streams.asterisk_ws_messages import media_start, parse_event
 from streams.freeswitch import parse_metadata
 
 PLAN = load_text("""
@@ -138,3 +140,15 @@ def test_an_explicit_agent_bypasses_routing() -> None:
 ])
 def test_pattern_kinds(spec: object, value: str, hit: bool) -> None:
     assert pattern_matches(parse_pattern(spec), value) is hit
+
+
+def test_asterisk_chan_websocket_calls_route_by_transport_and_uri_parameters() -> None:
+    """The chan_websocket door's CallInfo: caller and callee from the dial string's v()."""
+    plan = load_text("agents: {a: {kind: echo}, b: {kind: echo}}\nroutes:\n"
+                     "  - {match: {transport: asterisk_ws, callee: '5200'}, agent: b}\n"
+                     "default: a\n", "w.yaml")
+    start = media_start(parse_event("MEDIA_START connection_id:c1 channel:WebSocket/c1/0x1 "
+                                    "channel_id:17.3 format:ulaw optimal_frame_size:160"))
+    assert choose(plan, ws_call_info(start, {"caller": "1001", "callee": "5200"})).agent == "b"
+    assert choose(plan, ws_call_info(start, {"caller": "1001", "callee": "5201"})).agent == "a"
+    assert choose(plan, CallInfo("x", "sip", callee="5200")).agent == "a"
