@@ -168,8 +168,8 @@ class Metrics:
             p + "sip_parse_errors_total", "Malformed SIP messages", ["transport"], registry=r
         )
         # SIP hostile input (sip.flood, sip.policy): method is INVITE | REGISTER | OPTIONS |
-        # response | other; reason is rate (the request that tripped a block) | blocked |
-        # connections (a TCP connection over the per-source cap).
+        # response | malformed | other; reason is rate (the request that tripped a block) |
+        # blocked | connections (a TCP connection over the per-source cap).
         self.sip_flood_dropped_total = Counter(
             p + "sip_flood_dropped_total", "SIP messages dropped by the per-source flood limits",
             ["method", "reason"], registry=r,

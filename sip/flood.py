@@ -8,8 +8,12 @@ an INVITE flood learns nothing and costs us one dict lookup per packet. A block 
 logged once when it starts and once when it ends, never per packet.
 
 The method is read from the first bytes of the message, before parsing, so a flood is
-refused before it costs a parse. Memory is bounded: at most `max_sources` buckets and
-`max_sources` blocked sources, the least recently seen forgotten first.
+refused before it costs a parse. Malformed messages have a bucket of their own
+("malformed", fed by the transport through malformed()), so a garbage flood is blocked
+too and cannot fill the log with one line per packet.
+
+Memory is bounded: at most `max_sources` buckets and `max_sources` blocked sources, the
+least recently seen forgotten first.
 """
 
 from __future__ import annotations
@@ -23,11 +27,12 @@ from dataclasses import dataclass, field
 from media.clock import Clock
 from pipeline.metrics import Metrics
 
-__all__ = ["FLOOD_METHODS", "FloodGuard", "FloodLimits", "Rate", "peek_method"]
+__all__ = ["FLOOD_METHODS", "MALFORMED", "FloodGuard", "FloodLimits", "Rate", "peek_method"]
 
 log = logging.getLogger(__name__)
 
 FLOOD_METHODS = ("INVITE", "REGISTER", "OPTIONS")
+MALFORMED = "malformed"  # the bucket of messages that failed to parse
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +45,8 @@ class Rate:
 class FloodLimits:
     enabled: bool = True
     rates: Mapping[str, Rate] = field(default_factory=lambda: {
-        "INVITE": Rate(10.0, 50), "REGISTER": Rate(5.0, 20), "OPTIONS": Rate(10.0, 50)})
+        "INVITE": Rate(10.0, 50), "REGISTER": Rate(5.0, 20), "OPTIONS": Rate(10.0, 50),
+        MALFORMED: Rate(5.0, 20)})
     block_seconds: float = 60.0
     max_sources: int = 10_000
     # Never limited: a proxy in front of us sends everything from one address.
@@ -113,6 +119,19 @@ class FloodGuard:
             return True
         self._block(ip, method, rate, now)
         self.metrics.sip_flood_dropped_total.labels(method, "rate").inc()
+        return False
+
+    def malformed(self, ip: str) -> bool:
+        """A message from `ip` failed to parse: False when that was one too many (the
+        source is now blocked: do not answer or log it)."""
+        rate = self.limits.rates.get(MALFORMED)
+        if not self.limits.enabled or rate is None or self._is_exempt(ip):
+            return True
+        now = self.clock.now()
+        if self._take(ip, MALFORMED, rate, now):
+            return True
+        self._block(ip, MALFORMED, rate, now)
+        self.metrics.sip_flood_dropped_total.labels(MALFORMED, "rate").inc()
         return False
 
     def _take(self, ip: str, method: str, rate: Rate, now: float) -> bool:

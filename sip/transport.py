@@ -410,6 +410,8 @@ class SipTransport:
 
     def _parse_failed(self, err: SipParseError, source: Source) -> None:
         self.metrics.sip_parse_errors_total.labels(source.transport).inc()
+        if self.guard is not None and not self.guard.malformed(source.remote[0]):
+            return  # one malformed message too many: the source is blocked, unanswered
         response = error_response(err)
         log.info("malformed SIP from %s %s:%d: %s%s", source.transport.upper(), *source.remote,
                  err, "" if response else " (dropped)")

@@ -16,7 +16,7 @@ from media.pacer import Pacer
 from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
-from sip.flood import FloodLimits, Rate
+from sip.flood import MALFORMED, FloodLimits, Rate
 from sip.grammar import SipParseError
 from sip.message import Limits
 from sip.policy import TargetPolicy, listed_targets
@@ -306,7 +306,8 @@ def _flood_limits(flood: FloodConfig, trusted: list[str]) -> FloodLimits:
         enabled=flood.enabled,
         rates={"INVITE": Rate(flood.invite_per_second, flood.invite_burst),
                "REGISTER": Rate(flood.register_per_second, flood.register_burst),
-               "OPTIONS": Rate(flood.options_per_second, flood.options_burst)},
+               "OPTIONS": Rate(flood.options_per_second, flood.options_burst),
+               MALFORMED: Rate(flood.malformed_per_second, flood.malformed_burst)},
         block_seconds=flood.block_seconds, max_sources=flood.max_sources,
         exempt_networks=tuple(dict.fromkeys(exempt)),
     )

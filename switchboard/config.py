@@ -66,6 +66,8 @@ class FloodConfig(_Section):
     register_burst: int = Field(default=20, ge=1)
     options_per_second: float = Field(default=10.0, gt=0)
     options_burst: int = Field(default=50, ge=1)
+    malformed_per_second: float = Field(default=5.0, gt=0)  # messages that fail to parse
+    malformed_burst: int = Field(default=20, ge=1)
     block_seconds: float = Field(default=60.0, gt=0, le=86400)
     max_sources: int = Field(default=10_000, ge=100, le=10_000_000)  # bounds the tables
     # Never limited; add the address of a SIP proxy in front of Switchboard.

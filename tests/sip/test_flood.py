@@ -205,3 +205,32 @@ async def test_tcp_connections_per_source_are_capped() -> None:
         for writer in writers:
             writer.close()
         await t.stop()
+
+
+def test_malformed_messages_have_their_own_limit() -> None:
+    limits = FloodLimits(rates={**LIMITS.rates, "malformed": Rate(1.0, 3)}, exempt_networks=())
+    guard, _, metrics = make_guard(limits)
+    assert all(guard.malformed("192.0.2.9") for _ in range(3))
+    assert not guard.malformed("192.0.2.9") and guard.is_blocked("192.0.2.9")
+    assert not guard.admit("192.0.2.9", OPTIONS)
+    assert sample(metrics, "sip_flood_blocks_total", method="malformed") == 1
+    assert sample(metrics, "sip_flood_dropped_total", method="malformed", reason="rate") == 1
+    exempt, _, _ = make_guard(FloodLimits(rates=limits.rates, exempt_networks=("192.0.2.0/24",)))
+    assert all(exempt.malformed("192.0.2.9") for _ in range(50))
+
+
+async def test_a_garbage_flood_is_blocked_and_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock()
+    metrics = Metrics(CollectorRegistry())
+    guard = FloodGuard(FloodLimits(rates={"malformed": Rate(1.0, 5)}, exempt_networks=()),
+                       clock=clock, metrics=metrics)
+    t = SipTransport(lambda m, s: None, clock=clock, metrics=metrics, guard=guard)
+    caplog.set_level(logging.INFO)
+    for n in range(100):
+        t.deliver(b"\x00garbage %d\r\n\r\n" % n, _source("198.51.100.3"))
+    assert sample(metrics, "sip_parse_errors_total", transport="udp") == 6  # then blocked
+    assert sample(metrics, "sip_flood_dropped_total", method="other", reason="blocked") == 94
+    lines = [r.getMessage() for r in caplog.records if "198.51.100.3" in r.getMessage()]
+    assert len(lines) == 6  # five "malformed SIP" lines, then the one block
+    assert sum("SIP flood from 198.51.100.3" in line for line in lines) == 1

@@ -67,6 +67,7 @@ def test_flood_config_maps_to_limits() -> None:
         "SWITCHBOARD_SIP__FLOOD__INVITE_BURST": "7"}).sip).flood
     assert limits.exempt_networks == ("127.0.0.1/32", "::1/128", "10.1.0.0/16")
     assert limits.rates["INVITE"].burst == 7 and limits.rates["OPTIONS"].per_second == 10
+    assert limits.rates["malformed"].burst == 20
     strict = _sip_server_config(load_config(None, {
         "SWITCHBOARD_SIP__FLOOD__EXEMPT_TRUSTED": "false",
         "SWITCHBOARD_SIP__FLOOD__EXEMPT_NETWORKS": "[]"}).sip).flood
