@@ -6,8 +6,10 @@ configured (401 challenge; 403 for bad credentials), or else 403 -> room for the
 (else 503 + Retry-After, or 486)
 -> handler for the call (the factory may refuse) -> offer/answer, media, optional 180,
 200 OK (sip.invite). Then ACK, BYE, CANCEL, re-INVITE, OPTIONS, INFO (DTMF); 405 for
-methods we do not take, 481 for dialogs we do not know. Every request is counted by
-method (unknown methods as "other", so the label set stays bounded).
+methods we do not take, 481 for dialogs we do not know. A REFER sent to us is never
+obeyed (403 for a target sip.policy refuses, else 501): we call no one for others.
+Every request is counted by method (unknown methods as "other", so the label set stays
+bounded).
 """
 
 from __future__ import annotations
