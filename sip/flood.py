@@ -1,7 +1,8 @@
 """Per-source flood protection for SIP, in the spirit of Kamailio's pike module.
 
-Each source IP has a token bucket per limited method (INVITE, REGISTER, OPTIONS): it
-holds up to `burst` requests and refills at `per_second`. A request that finds its bucket
+Each source IP has a token bucket per limited method (INVITE, REGISTER, OPTIONS, and
+"other" for every other request): it holds up to `burst` requests and refills at
+`per_second`. A request that finds its bucket
 empty blocks the whole source for `block_seconds`: until then every message from it
 (any method, responses too) is dropped without an answer, so a SIPVicious-style scan or
 an INVITE flood learns nothing and costs us one dict lookup per packet. A block is
@@ -46,7 +47,7 @@ class FloodLimits:
     enabled: bool = True
     rates: Mapping[str, Rate] = field(default_factory=lambda: {
         "INVITE": Rate(10.0, 50), "REGISTER": Rate(5.0, 20), "OPTIONS": Rate(10.0, 50),
-        MALFORMED: Rate(5.0, 20)})
+        "other": Rate(50.0, 200), MALFORMED: Rate(5.0, 20)})
     block_seconds: float = 60.0
     max_sources: int = 10_000
     # Never limited: a proxy in front of us sends everything from one address.
@@ -55,7 +56,7 @@ class FloodLimits:
 
 def peek_method(data: bytes) -> str:
     """The method label of a raw message, from its first token: one of FLOOD_METHODS,
-    "response" for a status line, or "other"."""
+    "response" for a status line, or "other" (any other request, or garbage)."""
     head = data.lstrip(b"\r\n")[:16]
     token = head.split(b" ", 1)[0].upper()
     if token.startswith(b"SIP/"):

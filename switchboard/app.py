@@ -307,6 +307,7 @@ def _flood_limits(flood: FloodConfig, trusted: list[str]) -> FloodLimits:
         rates={"INVITE": Rate(flood.invite_per_second, flood.invite_burst),
                "REGISTER": Rate(flood.register_per_second, flood.register_burst),
                "OPTIONS": Rate(flood.options_per_second, flood.options_burst),
+               "other": Rate(flood.other_per_second, flood.other_burst),
                MALFORMED: Rate(flood.malformed_per_second, flood.malformed_burst)},
         block_seconds=flood.block_seconds, max_sources=flood.max_sources,
         exempt_networks=tuple(dict.fromkeys(exempt)),

@@ -66,6 +66,8 @@ class FloodConfig(_Section):
     register_burst: int = Field(default=20, ge=1)
     options_per_second: float = Field(default=10.0, gt=0)
     options_burst: int = Field(default=50, ge=1)
+    other_per_second: float = Field(default=50.0, gt=0)  # every other request (BYE, MESSAGE...)
+    other_burst: int = Field(default=200, ge=1)
     malformed_per_second: float = Field(default=5.0, gt=0)  # messages that fail to parse
     malformed_burst: int = Field(default=20, ge=1)
     block_seconds: float = Field(default=60.0, gt=0, le=86400)

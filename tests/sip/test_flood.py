@@ -234,3 +234,11 @@ async def test_a_garbage_flood_is_blocked_and_logged_once(
     lines = [r.getMessage() for r in caplog.records if "198.51.100.3" in r.getMessage()]
     assert len(lines) == 6  # five "malformed SIP" lines, then the one block
     assert sum("SIP flood from 198.51.100.3" in line for line in lines) == 1
+
+
+def test_default_limits_cover_every_other_request_too() -> None:
+    guard, _, metrics = make_guard(FloodLimits(exempt_networks=()))
+    assert all(guard.admit("192.0.2.5", BYE) for _ in range(200))
+    assert not guard.admit("192.0.2.5", BYE)
+    assert sample(metrics, "sip_flood_blocks_total", method="other") == 1
+    assert guard.admit("192.0.2.6", b"SIP/2.0 200 OK\r\n\r\n")  # responses are not limited
