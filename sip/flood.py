@@ -2,8 +2,8 @@
 
 Each source IP has a token bucket per limited method (INVITE, REGISTER, OPTIONS, and
 "other" for every other request): it holds up to `burst` requests and refills at
-`per_second`. A request that finds its bucket
-empty blocks the whole source for `block_seconds`: until then every message from it
+`per_second`. A request that finds its bucket empty blocks the whole source for
+`block_seconds`: until then every message from it
 (any method, responses too) is dropped without an answer, so a SIPVicious-style scan or
 an INVITE flood learns nothing and costs us one dict lookup per packet. A block is
 logged once when it starts and once when it ends, never per packet.
