@@ -24,11 +24,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 from media.clock import Clock
+from pipeline.actions import ActionRules, CallAction, action_for_tool, tool_specs
 from pipeline.asr import AsrResult
 from pipeline.calllog import CallLog, TurnRecord
 from pipeline.chunking import ChunkPolicy, ClauseChunker, SpeechSanitizer, clean_inline
-from pipeline.engines import Engines
-from pipeline.llm import DEFAULT_SYSTEM_PROMPT, ConversationHistory
+from pipeline.engines import FILLERS, Engines
+from pipeline.llm import DEFAULT_SYSTEM_PROMPT, ConversationHistory, ToolCall
 from pipeline.metrics import Metrics
 from pipeline.speaker import Speaker, Spoken
 from pipeline.utterance import Speculation
@@ -48,6 +49,10 @@ class ConversationSettings:
     # A spoken answer is short: stop generating after this many sentences, which frees
     # the shared LLM worker for the next caller instead of writing what nobody hears.
     max_sentences: int = 2
+    # Hold the LLM while the first chunk is synthesized: on a small box the two share the
+    # CPU, and the caller waits for that chunk's audio, not for the next chunk's tokens
+    # (which are ready long before the first chunk has played). At most this long.
+    llm_pause_for_first_audio_s: float = 1.0
     temperature: float = 0.3
     history_turns: int = 8
     asr_hint: str | None = None
@@ -67,6 +72,12 @@ class ConversationSettings:
     max_call_s: float = 900.0
     stall_s: float = 15.0  # a turn that makes no progress this long is given up
     goodbye_detection: bool = True
+    # Per agent (the dialplan): cached phrase keys for fillers and the reprompt; whether
+    # caller speech over the bot interrupts it; transfer / hang-up / DTMF rules.
+    fillers: tuple[str, ...] = FILLERS
+    reprompt: str = "reprompt"
+    barge_in: bool = True
+    actions: ActionRules = field(default_factory=ActionRules)
 
 
 # --- the caller's goodbye ---------------------------------------------------------------
@@ -110,6 +121,8 @@ class Turn:
     speaking: asyncio.Task[None] | None = None  # the TTS side of the answer
     outcome: str = "answered"
     closed: bool = False
+    action: CallAction | None = None  # the caller asked for one (a phrase rule)
+    resume_llm: Callable[[], None] | None = None  # set while the LLM waits for TTS
 
     @property
     def heard(self) -> str:
@@ -170,7 +183,8 @@ class TurnRunner:
 
     async def run(self, turn: Turn) -> str:
         """Returns the outcome: "answered", "empty" (nothing said), "goodbye" (the caller
-        said goodbye: the conversation ends the call) or "error" (apology played)."""
+        said goodbye: the conversation ends the call), "action" (a phrase rule matched:
+        turn.action) or "error" (apology played)."""
         try:
             if not turn.resume:
                 text = await self._transcribe(turn)
@@ -180,12 +194,16 @@ class TurnRunner:
                 # Live followers (the browser console) show the words before the answer.
                 self.calllog.event("caller_said", logging.DEBUG, turn=turn.record.index,
                                    text=text)
+                turn.action = self.settings.actions.for_phrase(text)
+                if turn.action is not None:
+                    self.history.add_user(text)
+                    return "action"
                 if self.settings.goodbye_detection and is_goodbye(text):
                     self.history.add_user(text)
                     return "goodbye"
                 self.history.add_user(text)
             await self._answer(turn)
-            return "answered"
+            return "answered" if turn.action is None else "action"
         except StageFailed as e:
             self.fail(turn, e.stage, e.error)
             return "error"
@@ -266,11 +284,15 @@ class TurnRunner:
         self, turn: Turn, chunks: asyncio.Queue[str | None], speaking: asyncio.Task[None]
     ) -> None:
         e, s = self.engines, self.settings
+        extra: dict[str, Any] = {}
+        if getattr(e.llm, "supports_tools", False) and (tools := tool_specs(s.actions)):
+            extra["tools"] = tools  # the model may transfer, hang up or send DTMF
         job = partial(
             e.llm.stream_chat,
             self.history.messages(),
             max_tokens=s.max_tokens,
             temperature=s.temperature,
+            **extra,
         )
         sent = 0
 
@@ -284,6 +306,18 @@ class TurnRunner:
                     chunks.put_nowait(text)
                     sent += 1
                     sentences += text.rstrip("\"')”’ ").endswith((".", "!", "?", "…"))
+                    if sent == 1:
+                        pause_until_first_audio()
+
+        def pause_until_first_audio() -> None:
+            limit = s.llm_pause_for_first_audio_s
+            if limit <= 0 or stream is None:
+                return
+            stream.pause()
+            turn.resume_llm = stream.resume
+            asyncio.get_running_loop().call_later(limit, stream.resume)
+
+        stream: Any = None
 
         async def open_stream() -> Any:
             return e.llm_worker.stream(job, deadline_s=e.deadline("llm"))
@@ -293,12 +327,21 @@ class TurnRunner:
             stream = await self._hold_retry(turn, "llm", open_stream)
             sanitizer, chunker = SpeechSanitizer(), ClauseChunker(s.chunk_policy)
             first = True
-            async with stream:
+            async with stream:  # leaving it cancels the generation, paused or not
                 async for piece in stream:
                     if first:
                         self._observe(turn, "llm_first_token", self.clock.now() - t0)
                         first = False
                     self.progress()
+                    if isinstance(piece, ToolCall):
+                        turn.action = action_for_tool(piece.name, piece.arguments, s.actions)
+                        self.calllog.event("tool_call", turn=turn.record.index,
+                                           name=piece.name[:40], used=turn.action is not None)
+                        if turn.action is not None:  # say what was said so far, then act
+                            put(chunker.push(sanitizer.flush()))
+                            put(chunker.flush())
+                            break
+                        continue
                     put(chunker.push(sanitizer.feed(piece)))
                     if speaking.done():  # TTS failed: stop generating, report its error
                         return
@@ -308,8 +351,14 @@ class TurnRunner:
                     put(chunker.push(sanitizer.flush()))
                     put(chunker.flush())
             self._observe(turn, "llm_total", self.clock.now() - t0)
-            if not sent:
+            if not sent and turn.action is None:
                 raise EmptyAnswer(f"{e.llm.name} said nothing speakable")
+
+    @staticmethod
+    def _resume_llm(turn: Turn) -> None:
+        if turn.resume_llm is not None:
+            turn.resume_llm()
+            turn.resume_llm = None
 
     async def _speak(self, turn: Turn, chunks: asyncio.Queue[str | None]) -> None:
         e = self.engines
@@ -334,11 +383,13 @@ class TurnRunner:
                             continue
                         if "tts_first_audio" not in turn.record.timings:
                             self._observe(turn, "tts_first_audio", self.clock.now() - t0)
+                            self._resume_llm(turn)
                         pcm, held = held + pcm[: -tail], pcm[-tail:]
                         if pcm:
                             self._first_audio(turn)
                             self.speaker.send(pcm, rate)
                         self.progress()
+            self._resume_llm(turn)  # a chunk that gave no audio must not hold the LLM
             if held:
                 self._first_audio(turn)
                 turn.chunks.append(

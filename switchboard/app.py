@@ -10,17 +10,25 @@ import threading
 
 from aiohttp import web
 
+from dialplan.loader import Dialplan, load_file
+from dialplan.matcher import NoRoute
 from media.clock import Clock, MonotonicClock
 from media.pacer import Pacer
 from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
+from sip.flood import MALFORMED, FloodLimits, Rate
+from sip.grammar import SipParseError
+from sip.message import Limits
+from sip.policy import TargetPolicy, listed_targets
 from sip.server import SipServer, SipServerConfig
+from sip.uri import parse_hostport
 from streams import StreamDoors
 from switchboard.agents import Agents
-from switchboard.config import Config, SipConfig
+from switchboard.config import Config, FloodConfig, SipConfig
 from switchboard.console import ActiveCalls, Console
 from switchboard.dial import OutboundCalls
+from switchboard.dialplans import DialplanReloader
 from switchboard.http import add_call_routes, build_http_app
 from switchboard.records.api import RecordsHttp
 from switchboard.records.recorder import Recorder
@@ -41,12 +49,17 @@ class Switchboard:
         self._ready = False
         self.pacer: Pacer | None = None
         self.sip: SipServer | None = None
-        self.agents = Agents(config, metrics=self.metrics, clock=self.clock)
+        # The dialplan (dialplan/): read and checked here, so a bad file stops the start.
+        plan: Dialplan | None = load_file(config.dialplan) if config.dialplan else None
+        self.agents = Agents(config, metrics=self.metrics, clock=self.clock, plan=plan)
+        self.reloader = (DialplanReloader(config.dialplan, self.agents, metrics=self.metrics,
+                                          poll_s=config.dialplan_poll_seconds)
+                         if config.dialplan else None)
         self._lag_probe: asyncio.Task[None] | None = None
         # Calling out: trunk registration and POST /calls (switchboard.dial).
         self.outbound = OutboundCalls(config.sip, handler_for=self.handler_for,
                                       default_agent=config.agent, clock=self.clock,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, agent_names=self.agent_names)
         # Call records (switchboard.records): handler_for wraps every call's handler;
         # GET /calls and GET /calls/{id} serve them.
         self.records = (Recorder(config.records, agent=config.agent, metrics=self.metrics,
@@ -57,7 +70,8 @@ class Switchboard:
         # Media-stream doors (streams/): Twilio and FreeSWITCH routes on this HTTP app;
         # the AudioSocket server starts, and calls are taken, once the pacer runs.
         self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,
-                                   metrics=self.metrics, clock=self.clock)
+                                   metrics=self.metrics, clock=self.clock,
+                                   route_check=self.route_check)
         self.streams.add_routes(self.http_app)
         # The browser console (switchboard.console): Talk and Watch pages, its WebSocket
         # door on the stream doors' shared limits, and the list of calls up now.
@@ -68,26 +82,64 @@ class Switchboard:
                     ).add_routes(self.http_app)
 
     def handler_for(self, info: CallInfo) -> CallHandler:
-        """The CallHandler that answers a call, by config.agent (every door uses this)."""
+        """The CallHandler that answers a call: the agent the dialplan routes it to, or
+        the one CallInfo.agent names (every door uses this). No route: 404 (streams:
+        closed, reason no_route), with a log line saying why."""
+        extra = {"call_id": info.call_id}
         try:
-            handler = self.agents.make_handler(info)
+            choice = self.agents.route(info)
+        except NoRoute as e:
+            log.warning("call %s refused with 404: %s", info.call_id, e, extra=extra)
+            raise CallRefused(404, "Not Found", "no_route") from e
+        try:
+            handler = self.agents.make_handler(info, choice.agent)
         except Exception as e:  # engines not loaded, or failed: refuse, don't crash the door
-            log.warning("call %s refused with 503: %s", info.call_id, e,
-                        extra={"call_id": info.call_id})
+            log.warning("call %s refused with 503: %s", info.call_id, e, extra=extra)
             raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
+        log.info("call %s -> agent %s (%s)", info.call_id, choice.agent, choice.why, extra=extra)
         if self.records is not None:
-            handler = self.records.wrap(info, handler)
-        return self.live.wrap(info, handler, agent=info.agent or self.config.agent)
+            handler = self.records.wrap(info, handler, agent=choice.agent)
+        return self.live.wrap(info, handler, agent=choice.agent)
+
+    def route_check(self, info: CallInfo) -> str | None:
+        """Why no agent would answer this call (None: one would). The Twilio webhook
+        asks before connecting a stream, and answers <Reject> when there is none."""
+        try:
+            self.agents.route(info)
+        except NoRoute as e:
+            log.warning("%s call %s rejected: %s", info.transport, info.call_id, e,
+                        extra={"call_id": info.call_id})
+            return str(e)
+        return None
 
     def agent_names(self) -> list[str]:
-        """The agents a caller may pick by name (the browser console lists them)."""
-        return [self.config.agent]
+        """The agents a caller may pick by name (the browser console lists them): the
+        dialplan's agents, or config.agent without one."""
+        return self.agents.names()
+
+    def _transfer_targets(self) -> list[str]:
+        """Where the current dialplan may transfer calls: agents' transfer_to and the
+        targets of their transfer actions (sip.policy allows exactly these)."""
+        targets = []
+        for agent in self.agents.plan.agents.values():
+            targets += [agent.transfer_to] if agent.transfer_to else []
+            targets += [a.target for a in agent.actions() if a.do == "transfer" and a.target]
+        return targets
+
+    async def reload_dialplan(self, why: str = "request") -> bool:
+        """Read the dialplan file again (SIGHUP does this). False: refused, old plan kept."""
+        if self.reloader is None:
+            log.warning("reload (%s) ignored: no dialplan file configured", why)
+            return False
+        return await self.reloader.reload(why)
 
     def readiness(self) -> dict[str, object]:
         state: dict[str, object] = {**self.agents.readiness(), "agent": self.config.agent,
                                     **self.outbound.readiness()}
         if self.records is not None:
             state.update(self.records.readiness())
+        if self.reloader is not None and self.reloader.last_error is not None:
+            state["dialplan_reload_error"] = self.reloader.last_error
         state["ready"] = self._ready and bool(state.get("ready", True))
         return state
 
@@ -112,11 +164,18 @@ class Switchboard:
         self.pacer.start()
         self.sip = SipServer(_sip_server_config(self.config.sip), handler_factory=self.handler_for,
                              clock=self.clock, metrics=self.metrics, pacer=self.pacer)
+        if self.sip.endpoint.targets is not None:  # the dialplan's transfer targets are allowed
+            self.sip.endpoint.targets.add_rule(listed_targets(self._transfer_targets))
         await self.sip.start()
         await self.outbound.start(self.sip)
         await self.streams.start(self.pacer)  # stream doors share the SIP side's pacer
         self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
         self._watch_resources(asyncio.get_running_loop())
+        if self.reloader is not None:
+            self.reloader.start()  # new calls follow the file when it changes
+            log.info("dialplan %s: %d agents, %d routes (reload: SIGHUP or edit the file)",
+                     self.config.dialplan, len(self.agents.plan.agents),
+                     len(self.agents.plan.routes))
         self._ready = True
         self.metrics.ready.set(1)
 
@@ -144,6 +203,8 @@ class Switchboard:
             self._lag_probe.cancel()
             await asyncio.gather(self._lag_probe, return_exceptions=True)
             self._lag_probe = None
+        if self.reloader is not None:
+            await self.reloader.stop()
         await self._drain()
         if self.sip is not None:
             await self.outbound.stop()  # unregister and CANCEL while the socket is open
@@ -196,6 +257,8 @@ class Switchboard:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.request, "SIGHUP")
         await self.start()
         try:
             await self._stopping.wait()
@@ -226,4 +289,36 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
             nonce_ttl=sip.nonce_ttl,
             auth_secret=sip.auth_secret.encode() if sip.auth_secret else None,
         ),
+        flood=_flood_limits(sip.flood, sip.trusted_networks),
+        targets=_target_policy(sip),
+        limits=Limits(max_message=sip.max_message_bytes),
+        rtp_follow_rebinding=sip.rtp_follow_rebinding,
+        tls_port=sip.tls_port, tls_cert_file=sip.tls_cert_file, tls_key_file=sip.tls_key_file,
+    )
+
+
+def _target_policy(sip: SipConfig) -> TargetPolicy:
+    hosts: list[str] = []
+    if sip.trunk is not None:
+        for name in (sip.trunk.registrar, sip.trunk.domain):
+            if name:
+                try:
+                    hosts.append(parse_hostport(name.strip())[0])
+                except SipParseError:
+                    pass  # the registrar is checked where the trunk is set up
+    t = sip.targets
+    return TargetPolicy(numbers=t.numbers, allowed=t.allowed, denied=t.denied, trunk_hosts=hosts)
+
+
+def _flood_limits(flood: FloodConfig, trusted: list[str]) -> FloodLimits:
+    exempt = [*flood.exempt_networks, *(trusted if flood.exempt_trusted else [])]
+    return FloodLimits(
+        enabled=flood.enabled,
+        rates={"INVITE": Rate(flood.invite_per_second, flood.invite_burst),
+               "REGISTER": Rate(flood.register_per_second, flood.register_burst),
+               "OPTIONS": Rate(flood.options_per_second, flood.options_burst),
+               "other": Rate(flood.other_per_second, flood.other_burst),
+               MALFORMED: Rate(flood.malformed_per_second, flood.malformed_burst)},
+        block_seconds=flood.block_seconds, max_sources=flood.max_sources,
+        exempt_networks=tuple(dict.fromkeys(exempt)),
     )
