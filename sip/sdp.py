@@ -89,7 +89,10 @@ class Connection:
         if len(parts) != 3:
             raise SdpError(f"c= needs 3 fields: {text[:60]!r}")
         # Multicast TTL / address count ("224.2.1.1/127/3") are not ours to use.
-        return cls(parts[2].split("/")[0], parts[0], parts[1])
+        address = parts[2].split("/")[0]
+        if not address:
+            raise SdpError(f"c= without an address: {text[:60]!r}")
+        return cls(address, parts[0], parts[1])
 
     @classmethod
     def for_address(cls, address: str) -> Connection:
