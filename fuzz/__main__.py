@@ -56,7 +56,8 @@ def run_target(target: str, *, seconds: int | None, runs: int | None, artifacts:
         flags.append(f"-max_total_time={seconds}")
     if runs is not None:
         flags.append(f"-runs={runs}")
-    seeds = [str(corpus), str(CORPUS_DIR / target)]  # libFuzzer adds new inputs to the first
+    # libFuzzer adds new inputs to the first folder; _child adds the target's MORE_SEEDS.
+    seeds = [str(p) for p in (corpus, CORPUS_DIR / target) if p.is_dir()]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
     log = out / "fuzz.log"

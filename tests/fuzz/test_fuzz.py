@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import CORPUS_DIR, REGRESSIONS_DIR, target_names
+from fuzz import CORPUS_DIR, REGRESSIONS_DIR, ROOT, target_names
 from fuzz.__main__ import run_target
 
 TARGETS = target_names()
@@ -26,9 +26,16 @@ def _files(folder: Path) -> list[Path]:
 REGRESSIONS = [(p.parent.name, p) for p in _files(REGRESSIONS_DIR)]
 
 
+def _seeds(target: str) -> list[Path]:
+    """fuzz/corpus/<target>/ and the target's MORE_SEEDS folders."""
+    more = importlib.import_module(f"fuzz.{target}").__dict__.get("MORE_SEEDS", ())
+    return [p for folder in (CORPUS_DIR / target, *(ROOT / m for m in more))
+            for p in _files(folder)]
+
+
 def test_every_target_has_seeds_and_regressions_name_a_target() -> None:
-    assert len(TARGETS) >= 12
-    assert [t for t in TARGETS if not _files(CORPUS_DIR / t)] == []
+    assert len(TARGETS) >= 13
+    assert [t for t in TARGETS if not _seeds(t)] == []
     assert {target for target, _ in REGRESSIONS} <= set(TARGETS)
 
 
@@ -41,7 +48,7 @@ def test_regression_input_is_handled(target: str, path: Path) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_seeds_are_handled(target: str) -> None:
     module = importlib.import_module(f"fuzz.{target}")
-    for path in _files(CORPUS_DIR / target):
+    for path in _seeds(target):
         module.test_one_input(path.read_bytes())
 
 
