@@ -23,7 +23,7 @@ COPY switchboard ./switchboard
 COPY loadtest ./loadtest
 # GGML_NATIVE=OFF: the image must run on CPUs other than the build machine's.
 RUN CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --upgrade pip setuptools wheel \
-    && CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install .
+    && CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install ".[postgres]"
 
 FROM python:3.11-slim-bookworm
 # libopus0: opuslib loads it at run time.

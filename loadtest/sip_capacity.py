@@ -222,16 +222,17 @@ def local_server(settings: RunSettings, workdir: Path) -> Iterator[tuple[int, st
 
 
 @contextlib.contextmanager
-def capture(path: Path, interface: str, ports: tuple[int, int],
-            limit: float) -> Iterator[dict[str, Any]]:
-    """dumpcap of UDP sent from `ports`, stopped on exit (or after `limit` s); the dict
-    gets its pid while running and its drop count after."""
+def capture(path: Path, interface: str, ports: tuple[int, int], limit: float, *,
+            snaplen: int = SNAPLEN, direction: str = "src") -> Iterator[dict[str, Any]]:
+    """dumpcap of UDP sent from `ports` (direction "src"; "" for both ways), stopped on
+    exit (or after `limit` s); the dict gets its pid while running and its drop count
+    after. The default snaplen keeps headers only; loadtest.sip_load needs payloads."""
     if shutil.which("dumpcap") is None:
         raise CapacityError("dumpcap is not installed (apt package tshark / wireshark-common)")
-    bpf = f"udp and src portrange {ports[0]}-{ports[1]}"
+    bpf = f"udp and {direction} portrange {ports[0]}-{ports[1]}".replace("  ", " ")
     err = (path.parent / "dumpcap.log").open("w+")
     proc = subprocess.Popen(
-        ["dumpcap", "-i", interface, "-P", "-s", str(SNAPLEN), "-B", "64", "-f", bpf,
+        ["dumpcap", "-i", interface, "-P", "-s", str(snaplen), "-B", "64", "-f", bpf,
          "-a", f"duration:{math.ceil(limit)}", "-w", str(path)],
         stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
     info: dict[str, Any] = {"pid": proc.pid}

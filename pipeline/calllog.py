@@ -13,6 +13,7 @@ whose marks came back played), and every stage timing in seconds.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,6 +68,9 @@ class CallLog:
         self.turns: list[TurnRecord] = []
         self._log = logger or log
         self._extra = {"call_id": info.call_id}
+        # Live followers of this call (the browser console, the active-call list); each
+        # gets every event as it is recorded, on the event loop.
+        self._listeners: list[Callable[[dict[str, Any]], None]] = []
 
     def now(self) -> float:
         """Seconds since the call started."""
@@ -81,7 +85,27 @@ class CallLog:
             # JSON logs carry the fields themselves as "event"/"fields" (switchboard.logs).
             self._log.log(level, "%s %s", kind, detail,
                           extra={**self._extra, "event": kind, "fields": fields})
+        for listener in self._listeners:
+            try:
+                listener(entry)
+            except Exception:  # a follower's bug must not break the call
+                self._log.exception("call-log listener failed", extra=self._extra)
         return entry
+
+    def subscribe(self, listener: Callable[[dict[str, Any]], None], *,
+                  replay: bool = True) -> Callable[[], None]:
+        """Call `listener(entry)` for every event from now on; with `replay`, first for
+        those already recorded. Returns the function that unsubscribes."""
+        if replay:
+            for entry in list(self.events):
+                listener(entry)
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     def call_start(self) -> None:
         i = self.info

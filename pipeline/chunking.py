@@ -8,10 +8,11 @@ Two small pure, synchronous state machines, fed token by token on the event loop
   whether a marker is there.
 - `ClauseChunker` cuts the cleaned text where TTS can start: the first chunk as early as
   a few words make sense (a clause boundary after `first_min_words`, or any sentence
-  end), later chunks at sentence ends (a long sentence is cut at a clause boundary, a
-  run-on one at a space). A boundary is only taken once the character after it is seen,
-  so "3.5", "1,000", "3:30" and "e.g." never split; known abbreviations ("Dr.", "Mr.")
-  and initials ("J. Smith") do not end a sentence.
+  end, or a space after `first_max_words`: TTS time grows with the chunk, and the caller
+  waits for all of the first one), later chunks at sentence ends (a long sentence is cut
+  at a clause boundary, a run-on one at a space). A boundary is only taken once the
+  character after it is seen, so "3.5", "1,000", "3:30" and "e.g." never split; known
+  abbreviations ("Dr.", "Mr.") and initials ("J. Smith") do not end a sentence.
 """
 
 from __future__ import annotations
@@ -39,14 +40,18 @@ _SPEAKABLE = re.compile(r"\w")
 @dataclass(frozen=True, slots=True)
 class ChunkPolicy:
     first_min_words: int = 4  # words before a clause boundary may end the first chunk
+    first_max_words: int = 10  # no boundary in the first chunk by then: cut at a space
     clause_min_words: int = 12  # after the first chunk, cut at a clause only this far in
     max_words: int = 30  # no boundary by then: cut at the last space
 
     def __post_init__(self) -> None:
-        if not 1 <= self.first_min_words <= self.clause_min_words <= self.max_words:
+        if not (1 <= self.first_min_words <= self.clause_min_words <= self.max_words
+                and self.first_min_words <= self.first_max_words <= self.max_words):
             raise ValueError(
-                "ChunkPolicy needs 1 <= first_min_words <= clause_min_words <= max_words, "
-                f"got {self.first_min_words}, {self.clause_min_words}, {self.max_words}"
+                "ChunkPolicy needs 1 <= first_min_words <= clause_min_words <= max_words and "
+                "first_min_words <= first_max_words <= max_words, got "
+                f"{self.first_min_words}, {self.first_max_words}, {self.clause_min_words}, "
+                f"{self.max_words}"
             )
 
 
@@ -129,8 +134,11 @@ class ClauseChunker:
         return self._overlong_cut()
 
     def _overlong_cut(self) -> int | None:
-        """A run-on sentence: cut at the last space once max_words are buffered."""
-        if _word_count(self._buf) < self.policy.max_words:
+        """A run-on sentence: cut at the last space once max_words are buffered
+        (first_max_words for the first chunk)."""
+        p = self.policy
+        limit = p.first_max_words if self.chunks_emitted == 0 else p.max_words
+        if _word_count(self._buf) < limit:
             return None
         if self._buf[-1].isspace():  # the last word is complete
             return len(self._buf)

@@ -39,8 +39,9 @@ from typing import Any
 
 from media.clock import Clock
 from media.vad import EnergyVad, SpeechStart
+from pipeline.actions import CallAction, perform
 from pipeline.calllog import CallLog
-from pipeline.engines import FILLERS, Engines
+from pipeline.engines import Engines
 from pipeline.leg import FRAME_BYTES, FRAME_MS, PIPELINE_RATE, CallLeg
 from pipeline.llm import ConversationHistory
 from pipeline.metrics import Metrics
@@ -107,6 +108,8 @@ class Conversation:
         self._hangup_frame = 0
         self._hung_up = False
         self._bad_frames = 0
+        self._deaf = False  # this utterance began over the bot with barge-in off: ignored
+        self._transfer_task: asyncio.Task[None] | None = None
         self.utterance = UtteranceCollector(
             self.vad,
             start_asr=self._start_asr,
@@ -158,7 +161,7 @@ class Conversation:
         self._frame += 1
         self.speaker.tick()
         ev = self.vad.process(pcm)
-        utterance = self.utterance.push(pcm, ev, speculate=not self._ending)
+        utterance = self.utterance.push(pcm, ev, speculate=not (self._ending or self._deaf))
         if isinstance(ev, SpeechStart):
             self._on_speech_start(ev)
         elif utterance is not None:
@@ -170,6 +173,9 @@ class Conversation:
             return
         self._idle = 0
         self.calllog.event("dtmf", digit=digit)
+        action = self.settings.actions.for_dtmf(digit)
+        if action is not None:
+            self._act(action, f"dtmf {digit}")
 
     def on_mark(self, mark: str, played: bool) -> None:
         if self.leg is None:
@@ -199,6 +205,9 @@ class Conversation:
         self._idle = 0
         if self._ending:
             return
+        if ev.barge_in and not self.settings.barge_in:
+            self._deaf = True  # the caller talks over the bot: not heard, by choice
+            return
         if self.state in (State.THINKING, State.SPEAKING):
             self._interrupt(ev)
 
@@ -210,7 +219,8 @@ class Conversation:
                            critical=False)
 
     def _on_utterance(self, u: Utterance) -> None:
-        if self._ending:
+        deaf, self._deaf = self._deaf, False
+        if self._ending or deaf:
             if u.spec is not None:
                 u.spec.task.cancel()
             return
@@ -232,6 +242,9 @@ class Conversation:
         if turn.outcome == "goodbye":
             self._close_turn(turn, "goodbye")
             self._end_call("caller_goodbye", "goodbye")
+        elif turn.outcome == "action" and turn.action is not None:
+            self._close_turn(turn, "answered")
+            self._act(turn.action, f"said {turn.record.transcript[:60]!r}")
         elif turn.outcome == "empty":
             self._close_turn(turn, "empty")
             if self._resume and not self._ending:
@@ -305,9 +318,11 @@ class Conversation:
         if key not in phrases:
             log.warning("phrase %r is not cached; not played", key, extra=self._extra)
             return None
-        label = "filler" if key.startswith("filler") else key
+        # Agents' own phrases are keyed "<kind>:<hash>": the label is the kind.
+        key_kind = key.split(":", 1)[0]
+        label = "filler" if key_kind.startswith("filler") else key_kind
         self.metrics.phrases_played_total.labels(phrase=label).inc()
-        self.calllog.event("say", phrase=key)
+        self.calllog.event("say", phrase=key, text=phrases.text(key))
         return self.speaker.send_marked(
             phrases.get(key), phrases.sample_rate, text=phrases.text(key), kind=key
         )
@@ -341,7 +356,7 @@ class Conversation:
     def _timers(self) -> None:
         s, f = self.settings, self._frame
         if self._ending:
-            if f >= self._hangup_frame:
+            if self._ending != "transfer" and f >= self._hangup_frame:
                 self._hangup()
             return
         if f >= self._max_call:
@@ -366,12 +381,12 @@ class Conversation:
                 if self._idle >= self._reprompt_after:
                     self._reprompts += 1
                     self._idle = 0
-                    self._say("reprompt")
+                    self._say(s.reprompt)
             elif self._idle >= self._hangup_after:
                 self._end_call("silence", "silence_goodbye")
 
     def _play_filler(self, turn: Turn) -> None:
-        cached = [k for k in FILLERS if k in self.engines.phrases]
+        cached = [k for k in self.settings.fillers if k in self.engines.phrases]
         if not cached:
             return
         key = cached[self._fillers % len(cached)]
@@ -409,6 +424,47 @@ class Conversation:
             self._hangup()
         else:
             spoken.done.add_done_callback(lambda _: self._hangup())
+
+    # --- actions (transfer, hang up, DTMF) -------------------------------------------------
+
+    def _act(self, action: CallAction, why: str) -> None:
+        """A rule matched. DTMF goes out at once; hang-up says goodbye first; transfer
+        stops the conversation, says so, and hands the call over. A failed transfer
+        brings the conversation back to listening, with an apology."""
+        if self._ending or self.state is State.ENDED or self.leg is None:
+            return
+        self.calllog.event("action", action=action.do, arg=action.arg, why=why)
+        if action.do == "send_dtmf":
+            self._spawn(perform(self.leg, action, metrics=self.metrics), "send-dtmf")
+        elif action.do == "hangup":
+            self._end_call("action_hangup", "goodbye")
+        else:
+            self._ending = "transfer"
+            self.utterance.drop_speculation()
+            self._cancel_response()
+            if self._turn is not None:
+                self._close_turn(self._turn, "interrupted")
+            if not self.speaker.idle:
+                self.speaker.clear()
+            self._update_state()
+            spoken = self._say("transferring")
+            # Not owned by the call (_spawn): the transfer ends the call before it
+            # returns, and on_end must not cancel it then. It is bounded by the leg.
+            self._transfer_task = asyncio.get_running_loop().create_task(
+                self._transfer(action, spoken), name=f"{self.calllog.info.call_id}:transfer")
+
+    async def _transfer(self, action: CallAction, spoken: Spoken | None) -> None:
+        if spoken is not None:
+            await asyncio.wait([spoken.done], timeout=spoken.seconds + 2.0)
+        if self.leg is None or self.state is State.ENDED:
+            return  # the caller hung up first
+        if await perform(self.leg, action, metrics=self.metrics) == "ok":
+            return  # the leg ends (transfer): on_end follows
+        if self.state is State.ENDED:
+            return
+        self._ending = None
+        self._update_state()
+        self._say("apology")
 
     def _hangup(self) -> None:
         if self._hung_up or self.leg is None or self.state is State.ENDED:

@@ -51,6 +51,7 @@ CONVERSATION_PHRASES: Mapping[str, str] = {
     "reprompt": "Are you still there?",
     "silence_goodbye": "I can't hear anything, so I'll hang up now. Goodbye.",
     "time_limit": "We have reached the time limit for this call. Thanks for calling, goodbye.",
+    "transferring": "Let me put you through. One moment please.",
 }
 FILLERS = ("filler_hmm", "filler_let_me_see", "filler_okay")
 

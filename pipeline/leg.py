@@ -29,7 +29,7 @@ class CallInfo:
     data: SIP headers, Twilio custom parameters, FreeSWITCH metadata, the AudioSocket UUID."""
 
     call_id: str
-    transport: str  # "sip" | "twilio" | "freeswitch" | "audiosocket" | "browser"
+    transport: str  # "sip" | "twilio" | "freeswitch" | "audiosocket" | "asterisk_ws" | "browser"
     caller: str = ""
     callee: str = ""
     params: Mapping[str, str] = field(default_factory=dict)

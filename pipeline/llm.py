@@ -26,7 +26,7 @@ import threading
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,6 +63,14 @@ class LlmHttpError(LlmError):
 
 class LlmStreamError(LlmError):
     """The answer stream broke off or could not be parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """Yielded by stream_chat instead of text when the model calls an offered tool."""
+
+    name: str
+    arguments: Mapping[str, Any]
 
 
 class LlmEngine(Protocol):
@@ -177,11 +185,17 @@ class OllamaEngine:
             host=s.host, timeout=httpx.Timeout(s.timeout_s, connect=s.connect_timeout_s)
         )
         self.name = f"ollama:{s.model}"
+        self.supports_tools = False  # set by warm_up from the model's capabilities
 
     def stream_chat(
-        self, messages: Sequence[Message], *, max_tokens: int = 96, temperature: float = 0.6
-    ) -> Iterator[str]:
+        self, messages: Sequence[Message], *, max_tokens: int = 96, temperature: float = 0.6,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Iterator[str | ToolCall]:
+        """Text pieces; with `tools` (and a model that supports them), ToolCalls too."""
         s = self.settings
+        extra: dict[str, Any] = {}
+        if tools and self.supports_tools:
+            extra["tools"] = [dict(t) for t in tools]
         options: dict[str, Any] = {"num_predict": max_tokens, "temperature": temperature}
         if s.num_ctx:
             options["num_ctx"] = s.num_ctx
@@ -194,8 +208,11 @@ class OllamaEngine:
                     stream=True,
                     keep_alive=s.keep_alive,
                     options=options,
+                    **extra,
                 )
                 for part in parts:
+                    for call in part.message.tool_calls or ():
+                        yield ToolCall(call.function.name, dict(call.function.arguments or {}))
                     if part.message.content:
                         yield part.message.content
                     if part.done:
@@ -217,6 +234,11 @@ class OllamaEngine:
                 have = ", ".join(sorted(n for n in names if n)) or "none"
                 raise LlmError(f"Ollama at {s.host} has no model {s.model!r} (it has: {have})")
             self._client.chat(model=s.model, messages=[], keep_alive=s.keep_alive)
+        try:  # tool calling is offered only to models that say they support it
+            capabilities = self._client.show(s.model).capabilities or []
+            self.supports_tools = "tools" in capabilities
+        except Exception:  # an older server without capabilities: no tools
+            self.supports_tools = False
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:

@@ -3,6 +3,7 @@
 Labels are bounded: `transport` is one of the door names, `stage` one of STAGES
 (ERROR_STAGES for stage_errors_total), `phrase` a cached phrase key (fillers as "filler"),
 `kind` a short error class name chosen by the code that counts it (never a message).
+`agent` (agent_calls_*) is the name of a configured agent.
 Tests make their own `Metrics(CollectorRegistry())` so they never share counters.
 """
 
@@ -17,7 +18,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-TRANSPORTS = ("sip", "twilio", "freeswitch", "audiosocket", "browser")
+TRANSPORTS = ("sip", "twilio", "freeswitch", "audiosocket", "browser", "asterisk_ws")
 STAGES = ("asr", "llm_first_token", "llm_total", "tts_first_audio", "tts_total")
 ERROR_STAGES = ("asr", "llm", "tts", "conversation")
 
@@ -51,6 +52,21 @@ class Metrics:
         self.call_duration_seconds = Histogram(
             p + "call_duration_seconds", "Answered call duration", ["transport"],
             buckets=_CALL_BUCKETS, registry=r,
+        )
+        # The same calls by agent, counted where the agent for a call is known: by the
+        # call records (switchboard.records.agentstats), so with records.enabled only.
+        # `agent` is a configured agent name (bounded by the config, never caller input).
+        self.agent_calls_active = Gauge(
+            p + "agent_calls_active", "Answered calls in progress, by agent",
+            ["transport", "agent"], registry=r,
+        )
+        self.agent_calls_total = Counter(
+            p + "agent_calls_total", "Calls ended, by agent and outcome",
+            ["transport", "agent", "outcome"], registry=r,
+        )
+        self.agent_call_duration_seconds = Histogram(
+            p + "agent_call_duration_seconds", "Answered call duration, by agent",
+            ["transport", "agent"], buckets=_CALL_BUCKETS, registry=r,
         )
         # Conversation
         self.stage_duration_seconds = Histogram(
@@ -179,6 +195,15 @@ class Metrics:
         )
         self.records_pending = Gauge(
             p + "records_pending", "Call-record writes waiting for the database", registry=r
+        )
+        # Dialplan (dialplan/, switchboard.dialplans): outcome is ok | invalid | error.
+        self.dialplan_reloads_total = Counter(
+            p + "dialplan_reloads_total", "Dialplan reloads (SIGHUP or file change), by outcome",
+            ["outcome"], registry=r,
+        )
+        self.call_actions_total = Counter(
+            p + "call_actions_total", "Actions an agent took (transfer, hangup, send_dtmf)",
+            ["action", "outcome"], registry=r,
         )
         # Process
         self.event_loop_lag_seconds = Histogram(

@@ -24,11 +24,12 @@ from functools import partial
 from typing import Any, TypeVar
 
 from media.clock import Clock
+from pipeline.actions import ActionRules, CallAction, action_for_tool, tool_specs
 from pipeline.asr import AsrResult
 from pipeline.calllog import CallLog, TurnRecord
 from pipeline.chunking import ChunkPolicy, ClauseChunker, SpeechSanitizer, clean_inline
-from pipeline.engines import Engines
-from pipeline.llm import DEFAULT_SYSTEM_PROMPT, ConversationHistory
+from pipeline.engines import FILLERS, Engines
+from pipeline.llm import DEFAULT_SYSTEM_PROMPT, ConversationHistory, ToolCall
 from pipeline.metrics import Metrics
 from pipeline.speaker import Speaker, Spoken
 from pipeline.utterance import Speculation
@@ -67,6 +68,12 @@ class ConversationSettings:
     max_call_s: float = 900.0
     stall_s: float = 15.0  # a turn that makes no progress this long is given up
     goodbye_detection: bool = True
+    # Per agent (the dialplan): cached phrase keys for fillers and the reprompt; whether
+    # caller speech over the bot interrupts it; transfer / hang-up / DTMF rules.
+    fillers: tuple[str, ...] = FILLERS
+    reprompt: str = "reprompt"
+    barge_in: bool = True
+    actions: ActionRules = field(default_factory=ActionRules)
 
 
 # --- the caller's goodbye ---------------------------------------------------------------
@@ -110,6 +117,7 @@ class Turn:
     speaking: asyncio.Task[None] | None = None  # the TTS side of the answer
     outcome: str = "answered"
     closed: bool = False
+    action: CallAction | None = None  # the caller asked for one (a phrase rule)
 
     @property
     def heard(self) -> str:
@@ -170,19 +178,27 @@ class TurnRunner:
 
     async def run(self, turn: Turn) -> str:
         """Returns the outcome: "answered", "empty" (nothing said), "goodbye" (the caller
-        said goodbye: the conversation ends the call) or "error" (apology played)."""
+        said goodbye: the conversation ends the call), "action" (a phrase rule matched:
+        turn.action) or "error" (apology played)."""
         try:
             if not turn.resume:
                 text = await self._transcribe(turn)
                 if not text:
                     return "empty"
                 turn.record.transcript = text
+                # Live followers (the browser console) show the words before the answer.
+                self.calllog.event("caller_said", logging.DEBUG, turn=turn.record.index,
+                                   text=text)
+                turn.action = self.settings.actions.for_phrase(text)
+                if turn.action is not None:
+                    self.history.add_user(text)
+                    return "action"
                 if self.settings.goodbye_detection and is_goodbye(text):
                     self.history.add_user(text)
                     return "goodbye"
                 self.history.add_user(text)
             await self._answer(turn)
-            return "answered"
+            return "answered" if turn.action is None else "action"
         except StageFailed as e:
             self.fail(turn, e.stage, e.error)
             return "error"
@@ -263,11 +279,15 @@ class TurnRunner:
         self, turn: Turn, chunks: asyncio.Queue[str | None], speaking: asyncio.Task[None]
     ) -> None:
         e, s = self.engines, self.settings
+        extra: dict[str, Any] = {}
+        if getattr(e.llm, "supports_tools", False) and (tools := tool_specs(s.actions)):
+            extra["tools"] = tools  # the model may transfer, hang up or send DTMF
         job = partial(
             e.llm.stream_chat,
             self.history.messages(),
             max_tokens=s.max_tokens,
             temperature=s.temperature,
+            **extra,
         )
         sent = 0
 
@@ -296,6 +316,15 @@ class TurnRunner:
                         self._observe(turn, "llm_first_token", self.clock.now() - t0)
                         first = False
                     self.progress()
+                    if isinstance(piece, ToolCall):
+                        turn.action = action_for_tool(piece.name, piece.arguments, s.actions)
+                        self.calllog.event("tool_call", turn=turn.record.index,
+                                           name=piece.name[:40], used=turn.action is not None)
+                        if turn.action is not None:  # say what was said so far, then act
+                            put(chunker.push(sanitizer.flush()))
+                            put(chunker.flush())
+                            break
+                        continue
                     put(chunker.push(sanitizer.feed(piece)))
                     if speaking.done():  # TTS failed: stop generating, report its error
                         return
@@ -305,7 +334,7 @@ class TurnRunner:
                     put(chunker.push(sanitizer.flush()))
                     put(chunker.flush())
             self._observe(turn, "llm_total", self.clock.now() - t0)
-            if not sent:
+            if not sent and turn.action is None:
                 raise EmptyAnswer(f"{e.llm.name} said nothing speakable")
 
     async def _speak(self, turn: Turn, chunks: asyncio.Queue[str | None]) -> None:
@@ -341,6 +370,9 @@ class TurnRunner:
                 turn.chunks.append(
                     self.speaker.send_marked(held, rate, text=text, kind="answer", owner=turn)
                 )
+                # Live followers (the browser console) show it as it is heard.
+                self.calllog.event("agent_said", logging.DEBUG, turn=turn.record.index,
+                                   text=text)
         if t0 is not None:
             self._observe(turn, "tts_total", self.clock.now() - t0)
 

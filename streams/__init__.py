@@ -4,7 +4,10 @@ same handler, barge-in and metrics work whatever the door.
 
 StreamDoors assembles them for the application: the two WebSocket doors' routes on the
 HTTP app, the AudioSocket TCP server, one shared StreamContext (pacer, metrics, handler
-factory, limits), and a bounded shutdown.
+factory, limits), and a bounded shutdown. The browser door (streams.browser) is added by
+the console (switchboard.console) on the same StreamContext, so it shares those limits.
+Asterisk's chan_websocket door (streams.asterisk_ws) joins them when streams.asterisk_ws
+is enabled.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from aiohttp import web
 from media.clock import Clock
 from media.pacer import Pacer
 from pipeline.metrics import Metrics
-from streams import audiosocket, freeswitch, twilio
+from streams import asterisk_ws, audiosocket, freeswitch, twilio
 from streams.context import HandlerFactory, StreamContext
+from streams.twilio import RouteCheck
 from streams.twilio_rest import rest_client
 
 if TYPE_CHECKING:  # the app's config type, for the annotation only
@@ -34,8 +38,9 @@ class StreamDoors:
     start(pacer) once the shared pacer runs; stop() at shutdown."""
 
     def __init__(self, config: StreamsConfig, *, handler_factory: HandlerFactory,
-                 metrics: Metrics, clock: Clock) -> None:
+                 metrics: Metrics, clock: Clock, route_check: RouteCheck | None = None) -> None:
         self.config = config
+        self.route_check = route_check  # the Twilio webhook rejects calls with no agent
         self.ctx = StreamContext(
             handler_factory=handler_factory, metrics=metrics, clock=clock,
             max_streams=config.max_concurrent_streams, idle_timeout=config.idle_timeout,
@@ -49,6 +54,7 @@ class StreamDoors:
         twilio.add_routes(app, self.ctx, twilio.TwilioSettings(
             auth_token=tw.auth_token, public_base_url=c.public_base_url,
             max_lead_ms=tw.max_lead_ms, rest=rest_client(tw.account_sid, tw.auth_token),
+            route_check=self.route_check,
         ))
         freeswitch.add_routes(app, self.ctx, freeswitch.FreeswitchSettings(
             token=fs.token, output=fs.output, sample_rate=fs.sample_rate, chunk_ms=fs.chunk_ms,
@@ -57,6 +63,12 @@ class StreamDoors:
         log.info("stream doors: %s, %s (Twilio signatures %s, FreeSWITCH token %s)",
                  twilio.STREAM_PATH, freeswitch.PATH, "on" if tw.auth_token else "off",
                  "on" if fs.token else "off")
+        aw = c.asterisk_ws
+        if aw.enabled:
+            asterisk_ws.add_routes(app, self.ctx, asterisk_ws.AsteriskWsSettings(
+                token=aw.token, max_lead_ms=aw.max_lead_ms, marks=aw.marks, answer=aw.answer))
+            log.info("stream door: %s (Asterisk chan_websocket, token %s)", asterisk_ws.PATH,
+                     "on" if aw.token else "off")
 
     async def start(self, pacer: Pacer) -> None:
         self.ctx.pacer = pacer

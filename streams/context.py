@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 # calls_rejected_total{reason}: a bounded set.
 REFUSALS = frozenset({
     "busy", "forbidden", "unavailable", "bad_request", "timeout", "shutdown", "protocol_error",
+    "no_route",  # the dialplan has no agent for the call
 })
 HandlerFactory = Callable[[CallInfo], CallHandler]
 T = TypeVar("T")

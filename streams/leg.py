@@ -74,7 +74,7 @@ class StreamLeg:
         handler: CallHandler,
         ctx: StreamContext,
         *,
-        codec: str,  # "PCMU" (μ-law bytes in) or "L16" (little-endian PCM in)
+        codec: str,  # "PCMU"/"PCMA" (G.711 bytes in) or "L16" (little-endian PCM in)
         wire_rate: int,
         pacing: Pacing,
     ) -> None:
@@ -114,18 +114,21 @@ class StreamLeg:
         self._silence = bytes(self._out.frame_bytes)
 
     def _setup_inbound(self, rate: int) -> None:
-        if self._codec == "PCMU":
+        if self._codec in ("PCMU", "PCMA"):
             if rate != 8000:
-                raise ValueError(f"μ-law streams run at 8000 Hz, not {rate}")
-            self._inbound = InboundMedia("PCMU")
-            self._pt, self._in_bytes, self._pad = 0, 160, b"\xff"
+                law = "μ-law" if self._codec == "PCMU" else "A-law"
+                raise ValueError(f"{law} streams run at 8000 Hz, not {rate}")
+            self._inbound = InboundMedia(self._codec)
+            # pad: the codec's silence byte (A-law's zero is 0xd5)
+            self._pt, self._in_bytes = (0 if self._codec == "PCMU" else 8), 160
+            self._pad = b"\xff" if self._codec == "PCMU" else b"\xd5"
             self._to_payload: Callable[[bytes], bytes] | None = None
         elif self._codec == "L16":
             self._inbound = InboundMedia("L16", rate=rate)  # InboundError on other rates
             self._pt, self._in_bytes, self._pad = 96, rate // 50 * 2, b"\x00"
             self._to_payload = _le_to_be
         else:
-            raise ValueError(f"stream codec must be PCMU or L16, not {self._codec!r}")
+            raise ValueError(f"stream codec must be PCMU, PCMA or L16, not {self._codec!r}")
         self._ticks = rate // 50  # RTP timestamp units per 20 ms
         self._carry = b""
         self._next_index = 0

@@ -22,6 +22,7 @@ is the one Twilio signed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -63,6 +64,9 @@ TRANSPORT = "twilio"
 _FORWARDED = ("From", "To", "CallSid")  # webhook fields passed on as stream parameters
 _MAX_CUSTOM = 16  # query parameters passed through, at most
 _MAX_VALUE = 256
+# Asked by the webhook before it connects a stream: why no agent would answer this call
+# (None: one would). A reason gets <Reject/>, so the caller hears the carrier's refusal.
+RouteCheck = Callable[[CallInfo], "str | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,7 @@ class TwilioSettings:
     public_base_url: str | None = None  # https://host[:port][/prefix], as Twilio sees us
     max_lead_ms: int = 100
     rest: TwilioCalls | None = None  # REST hang-up / transfer; None: stream only
+    route_check: RouteCheck | None = None
 
 
 class TwilioLeg(StreamLeg):
@@ -179,12 +184,27 @@ class TwilioDoor:
             if name not in params and len(name) <= 64:
                 params[name] = value[:_MAX_VALUE]
         response = VoiceResponse()
+        if self._no_route(params):
+            self.ctx.refused(TRANSPORT, "no_route")
+            response.reject()
+            return web.Response(text=str(response), content_type="text/xml")
         connect = Connect()
         stream = connect.stream(url=stream_url)
         for name, value in params.items():
             stream.parameter(name=name, value=value)
         response.append(connect)
         return web.Response(text=str(response), content_type="text/xml")
+
+    def _no_route(self, params: dict[str, str]) -> bool:
+        """The call as the stream will present it (From, To, query parameters) has no
+        agent in the dialplan."""
+        check = self.settings.route_check
+        if check is None:
+            return False
+        info = CallInfo(call_id=params.get("CallSid", ""), transport=TRANSPORT,
+                        caller=params.get("From", ""), callee=params.get("To", ""),
+                        params=params)
+        return check(info) is not None
 
     # -- the stream -------------------------------------------------------------------------
 

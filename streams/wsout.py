@@ -35,6 +35,7 @@ _CLOSE_CODES = {
     "busy": WSCloseCode.TRY_AGAIN_LATER,
     "unavailable": WSCloseCode.TRY_AGAIN_LATER,
     "bad_request": WSCloseCode.UNSUPPORTED_DATA,
+    "no_route": WSCloseCode.POLICY_VIOLATION,  # the dialplan has no agent for this call
 }
 
 
@@ -131,10 +132,13 @@ async def accept_websocket(
     ctx: StreamContext,
     transport: str,
     serve: Callable[[web.WebSocketResponse], Awaitable[None]],
+    protocols: tuple[str, ...] = (),
 ) -> web.StreamResponse:
     """Upgrade to a WebSocket, admit it under the doors' shared limits, run `serve`, and
-    give the slot back however it ends. Authentication is the caller's, before this."""
-    ws = web.WebSocketResponse(max_msg_size=ctx.max_message_bytes, timeout=2.0)
+    give the slot back however it ends. Authentication is the caller's, before this.
+    `protocols`: subprotocols we agree to when the client offers one of them."""
+    ws = web.WebSocketResponse(max_msg_size=ctx.max_message_bytes, timeout=2.0,
+                               protocols=protocols)
     if not ws.can_prepare(request).ok:
         return web.Response(status=400, text="expected a WebSocket upgrade\n")
     await ws.prepare(request)

@@ -9,6 +9,8 @@ import signal
 
 from aiohttp import web
 
+from dialplan.loader import Dialplan, load_file
+from dialplan.matcher import NoRoute
 from media.clock import Clock, MonotonicClock
 from media.pacer import Pacer
 from pipeline.leg import CallHandler, CallInfo
@@ -18,7 +20,9 @@ from sip.server import SipServer, SipServerConfig
 from streams import StreamDoors
 from switchboard.agents import Agents
 from switchboard.config import Config, SipConfig
+from switchboard.console import ActiveCalls, Console
 from switchboard.dial import OutboundCalls
+from switchboard.dialplans import DialplanReloader
 from switchboard.http import add_call_routes, build_http_app
 from switchboard.records.api import RecordsHttp
 from switchboard.records.recorder import Recorder
@@ -39,43 +43,88 @@ class Switchboard:
         self._ready = False
         self.pacer: Pacer | None = None
         self.sip: SipServer | None = None
-        self.agents = Agents(config, metrics=self.metrics, clock=self.clock)
+        # The dialplan (dialplan/): read and checked here, so a bad file stops the start.
+        plan: Dialplan | None = load_file(config.dialplan) if config.dialplan else None
+        self.agents = Agents(config, metrics=self.metrics, clock=self.clock, plan=plan)
+        self.reloader = (DialplanReloader(config.dialplan, self.agents, metrics=self.metrics,
+                                          poll_s=config.dialplan_poll_seconds)
+                         if config.dialplan else None)
         self._lag_probe: asyncio.Task[None] | None = None
         # Calling out: trunk registration and POST /calls (switchboard.dial).
         self.outbound = OutboundCalls(config.sip, handler_for=self.handler_for,
                                       default_agent=config.agent, clock=self.clock,
-                                      metrics=self.metrics)
+                                      metrics=self.metrics, agent_names=self.agent_names)
         # Call records (switchboard.records): handler_for wraps every call's handler;
         # GET /calls and GET /calls/{id} serve them.
         self.records = (Recorder(config.records, agent=config.agent, metrics=self.metrics,
                                  clock=self.clock) if config.records.enabled else None)
         add_call_routes(self.http_app, self.outbound,
-                        RecordsHttp(self.records) if self.records is not None else None)
+                        RecordsHttp(self.records) if self.records is not None else None,
+                        tokens=(config.http.api_token, config.console.token))
         # Media-stream doors (streams/): Twilio and FreeSWITCH routes on this HTTP app;
         # the AudioSocket server starts, and calls are taken, once the pacer runs.
         self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,
-                                   metrics=self.metrics, clock=self.clock)
+                                   metrics=self.metrics, clock=self.clock,
+                                   route_check=self.route_check)
         self.streams.add_routes(self.http_app)
+        # The browser console (switchboard.console): Talk and Watch pages, its WebSocket
+        # door on the stream doors' shared limits, and the list of calls up now.
+        self.live = ActiveCalls(self.clock)
+        if config.console.enabled:
+            Console(token=config.console.token, ctx=self.streams.ctx, agents=self.agent_names,
+                    calls=self.live, max_lead_ms=config.console.max_lead_ms,
+                    ).add_routes(self.http_app)
 
     def handler_for(self, info: CallInfo) -> CallHandler:
-        """The CallHandler that answers a call, by config.agent (every door uses this)."""
+        """The CallHandler that answers a call: the agent the dialplan routes it to, or
+        the one CallInfo.agent names (every door uses this). No route: 404 (streams:
+        closed, reason no_route), with a log line saying why."""
+        extra = {"call_id": info.call_id}
         try:
-            handler = self.agents.make_handler(info)
+            choice = self.agents.route(info)
+        except NoRoute as e:
+            log.warning("call %s refused with 404: %s", info.call_id, e, extra=extra)
+            raise CallRefused(404, "Not Found", "no_route") from e
+        try:
+            handler = self.agents.make_handler(info, choice.agent)
         except Exception as e:  # engines not loaded, or failed: refuse, don't crash the door
-            log.warning("call %s refused with 503: %s", info.call_id, e,
-                        extra={"call_id": info.call_id})
+            log.warning("call %s refused with 503: %s", info.call_id, e, extra=extra)
             raise CallRefused(503, "Service Unavailable", "unavailable", retry_after=30) from e
-        return self.records.wrap(info, handler) if self.records is not None else handler
+        log.info("call %s -> agent %s (%s)", info.call_id, choice.agent, choice.why, extra=extra)
+        if self.records is not None:
+            handler = self.records.wrap(info, handler, agent=choice.agent)
+        return self.live.wrap(info, handler, agent=choice.agent)
+
+    def route_check(self, info: CallInfo) -> str | None:
+        """Why no agent would answer this call (None: one would). The Twilio webhook
+        asks before connecting a stream, and answers <Reject> when there is none."""
+        try:
+            self.agents.route(info)
+        except NoRoute as e:
+            log.warning("%s call %s rejected: %s", info.transport, info.call_id, e,
+                        extra={"call_id": info.call_id})
+            return str(e)
+        return None
 
     def agent_names(self) -> list[str]:
-        """The agents a caller may pick by name (the browser console lists them)."""
-        return [self.config.agent]
+        """The agents a caller may pick by name (the browser console lists them): the
+        dialplan's agents, or config.agent without one."""
+        return self.agents.names()
+
+    async def reload_dialplan(self, why: str = "request") -> bool:
+        """Read the dialplan file again (SIGHUP does this). False: refused, old plan kept."""
+        if self.reloader is None:
+            log.warning("reload (%s) ignored: no dialplan file configured", why)
+            return False
+        return await self.reloader.reload(why)
 
     def readiness(self) -> dict[str, object]:
         state: dict[str, object] = {**self.agents.readiness(), "agent": self.config.agent,
                                     **self.outbound.readiness()}
         if self.records is not None:
             state.update(self.records.readiness())
+        if self.reloader is not None and self.reloader.last_error is not None:
+            state["dialplan_reload_error"] = self.reloader.last_error
         state["ready"] = self._ready and bool(state.get("ready", True))
         return state
 
@@ -104,6 +153,11 @@ class Switchboard:
         await self.outbound.start(self.sip)
         await self.streams.start(self.pacer)  # stream doors share the SIP side's pacer
         self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
+        if self.reloader is not None:
+            self.reloader.start()  # new calls follow the file when it changes
+            log.info("dialplan %s: %d agents, %d routes (reload: SIGHUP or edit the file)",
+                     self.config.dialplan, len(self.agents.plan.agents),
+                     len(self.agents.plan.routes))
         self._ready = True
         self.metrics.ready.set(1)
 
@@ -123,6 +177,8 @@ class Switchboard:
             self._lag_probe.cancel()
             await asyncio.gather(self._lag_probe, return_exceptions=True)
             self._lag_probe = None
+        if self.reloader is not None:
+            await self.reloader.stop()
         await self._drain()
         if self.sip is not None:
             await self.outbound.stop()  # unregister and CANCEL while the socket is open
@@ -175,6 +231,8 @@ class Switchboard:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.request, "SIGHUP")
         await self.start()
         try:
             await self._stopping.wait()

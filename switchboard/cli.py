@@ -7,6 +7,9 @@ import asyncio
 import os
 import sys
 
+from dialplan.loader import DialplanError, load_file
+from dialplan.matcher import routing_table
+from loadtest.command import add_loadtest_command
 from switchboard import __version__
 from switchboard.config import Config, ConfigError, load_config
 from switchboard.dial import add_call_command
@@ -36,6 +39,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(config.model_dump_json(indent=2, exclude={"sip": {"trunk": {"password"}},
                                                     "llm": {"api_key"},
                                                     "records": {"dsn"}}))
+    # The routing table goes to stderr with the verdict: stdout stays the config's JSON.
+    if config.dialplan:  # checked as `serve` reads it, WAVs included
+        print(routing_table(load_file(config.dialplan)), file=sys.stderr)
+    else:
+        print(f"no dialplan: every call goes to the {config.agent!r} agent", file=sys.stderr)
     print("configuration OK", file=sys.stderr)
     return 0
 
@@ -51,12 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="answer every call with this agent")
     serve.set_defaults(func=_cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate the config and print it")
+    check = sub.add_parser("check-config", help="validate the config and the dialplan, print "
+                                                "the config and the routing table")
     check.add_argument("--config", "-c", help="YAML config file (or $SWITCHBOARD_CONFIG)")
     check.set_defaults(func=_cmd_check_config)
 
     add_call_command(sub)  # `switchboard call <sip-uri> --play in.wav ...` (switchboard.dial)
     add_calls_command(sub)  # `switchboard calls [id]`: call records (switchboard.records)
+    add_loadtest_command(sub)  # `switchboard loadtest sip|twilio ...` (loadtest.command)
     return parser
 
 
@@ -64,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except (ConfigError, DialplanError) as e:
         print(f"switchboard: {e}", file=sys.stderr)
         return 2
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_PREFIX = "SWITCHBOARD_"
 # Keys whose values are never echoed in errors, nor anything under them (sip.callers.*).
 _SECRETS = {("password",), ("api_key",), ("auth_token",), ("token",), ("callers",),
-            ("auth_secret",), ("dsn",)}
+            ("auth_secret",), ("dsn",), ("api_token",)}
 
 
 class ConfigError(Exception):
@@ -122,6 +122,8 @@ class SipConfig(_Section):
 class HttpConfig(_Section):
     listen: str = "0.0.0.0"
     port: int = Field(default=8080, ge=1, le=65535)
+    # Needed by the calls API (POST /calls, GET /calls...); unset: loopback clients only.
+    api_token: str = Field(default="", repr=False)
 
 
 class AsrConfig(_Section):
@@ -131,6 +133,9 @@ class AsrConfig(_Section):
     language: str = "en"
     cpu_threads: int = Field(default=2, ge=1)
     hint: str | None = None
+    # Whisper's encoder sees this much (or the utterance + 2 s) instead of 30 s: ~4x
+    # faster on CPU; null restores the full window.
+    min_window_s: float | None = Field(default=10.0, ge=3, le=30)
 
 
 class LlmConfig(_Section):
@@ -211,6 +216,26 @@ class AudioSocketConfig(_Section):
         return _check_cidrs(v)
 
 
+class AsteriskWsStreamsConfig(_Section):
+    """Asterisk chan_websocket (GET /asterisk/ws): Asterisk connects out to Switchboard
+    through a websocket_client.conf entry. `marks`: timeline = marks fire on our clock;
+    asterisk = MARK_MEDIA / MEDIA_MARK_PROCESSED (a release that has MARK_MEDIA).
+    `answer`: send ANSWER when the call starts (for the dial string's `n` option)."""
+
+    enabled: bool = False
+    token: str = Field(default="", repr=False)  # websocket_client.conf password, or ?token=
+    max_lead_ms: int = Field(default=100, ge=20, le=2000)  # audio sent ahead of real time
+    marks: Literal["timeline", "asterisk"] = "timeline"
+    answer: bool = False
+
+    @field_validator("max_lead_ms")
+    @classmethod
+    def _whole_frames(cls, v: int) -> int:
+        if v % 20:
+            raise ValueError(f"must be a multiple of 20 ms, got {v}")
+        return v
+
+
 class StreamsConfig(_Section):
     public_base_url: str | None = None  # e.g. https://voice.example.com, for TwiML stream URLs
     max_concurrent_streams: int = Field(default=200, ge=1)  # all stream doors together
@@ -219,6 +244,7 @@ class StreamsConfig(_Section):
     twilio: TwilioStreamsConfig = TwilioStreamsConfig()
     freeswitch: FreeswitchStreamsConfig = FreeswitchStreamsConfig()
     audiosocket: AudioSocketConfig = AudioSocketConfig()
+    asterisk_ws: AsteriskWsStreamsConfig = AsteriskWsStreamsConfig()
 
     @field_validator("public_base_url")
     @classmethod
@@ -237,21 +263,44 @@ class RecordsConfig(_Section):
     """Where every call's record goes (GET /calls, `switchboard calls`)."""
 
     enabled: bool = True
-    backend: Literal["sqlite", "postgres"] = "sqlite"
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
     path: str = "./switchboard-calls.db"  # sqlite: the database file (WAL)
-    dsn: str = Field(default="", repr=False)  # postgres: e.g. postgresql://user:pw@host/db
+    # postgresql: a libpq DSN, postgresql://user:pw@host:5432/db or "host=... dbname=...";
+    # a secret (the password): never logged nor echoed (SWITCHBOARD_RECORDS__DSN).
+    dsn: str = Field(default="", repr=False)
     retention_days: float = Field(default=30, gt=0, le=36500)
     redact_digits: bool = False  # blank runs of 4+ digits (cards, phones) in transcripts
 
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _backend_alias(cls, v: Any) -> Any:
+        return "postgresql" if v == "postgres" else v  # the name most people type
+
     @model_validator(mode="after")
     def _dsn(self) -> RecordsConfig:
-        if self.backend == "postgres" and not self.dsn:
-            raise ValueError("the postgres backend needs records.dsn")
+        if self.backend == "postgresql" and not self.dsn.strip():
+            raise ValueError("the postgresql backend needs records.dsn "
+                             "(or SWITCHBOARD_RECORDS__DSN)")
         return self
+
+
+# -- the browser console (switchboard.console) ----------------------------------------------
+
+
+class ConsoleConfig(_Section):
+    """Talk and Watch pages at /console/. Without a token only loopback clients may call
+    or watch; set one before exposing the HTTP port (it is then required from everyone)."""
+
+    enabled: bool = True
+    token: str = Field(default="", repr=False)  # ?token= in the page URL, or a header
+    max_lead_ms: int = Field(default=100, ge=20, le=2000)  # audio sent ahead of real time
 
 
 class Config(_Section):
     agent: Literal["echo", "conversation"] = "conversation"
+    # Which agent answers which call (dialplan/README.md). Unset: `agent` answers all.
+    dialplan: str | None = None
+    dialplan_poll_seconds: float = Field(default=2.0, ge=0, le=3600)  # 0: SIGHUP only
     # SIGTERM: stop taking calls at once, let calls in progress go on this long, then end them.
     shutdown_drain_seconds: float = Field(default=30.0, ge=0, le=3600)
     sip: SipConfig = SipConfig()
@@ -262,6 +311,7 @@ class Config(_Section):
     log: LogConfig = LogConfig()
     streams: StreamsConfig = StreamsConfig()  # media-stream doors (streams/)
     records: RecordsConfig = RecordsConfig()  # call records (switchboard.records)
+    console: ConsoleConfig = ConsoleConfig()  # browser console (switchboard.console)
 
 
 def _key_lines(text: str) -> dict[tuple[str, ...], int]:

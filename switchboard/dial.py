@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
@@ -303,10 +304,12 @@ class OutboundCalls:
     stop() before it stops (the unregister and the CANCELs still go out)."""
 
     def __init__(self, config: SipConfig, *, handler_for: Callable[[CallInfo], CallHandler],
-                 default_agent: str, clock: Clock, metrics: Metrics, keep: int = 1000) -> None:
+                 default_agent: str, clock: Clock, metrics: Metrics, keep: int = 1000,
+                 agent_names: Callable[[], list[str]] | None = None) -> None:
         self.config = config
         self.handler_for = handler_for
         self.default_agent = default_agent
+        self.agent_names = agent_names  # the dialplan's agents: any may be asked for
         self.clock = clock
         self.metrics = metrics
         self.keep = keep
@@ -340,19 +343,31 @@ class OutboundCalls:
             return {}
         return {"trunk_registration": self.registration.state.value}
 
+    def _named(self, agent: str | None) -> bool:
+        return (agent is not None and self.agent_names is not None
+                and agent in self.agent_names())
+
     def _check_agent(self, agent: str | None) -> None:
+        if self._named(agent):
+            return
         if agent is not None and agent not in ("echo", "conversation"):
-            raise ApiError(400, f"unknown agent {agent!r}; use 'echo' or 'conversation'")
+            known = ("'echo' or 'conversation'" if self.agent_names is None
+                     else "one of " + ", ".join(self.agent_names()))
+            raise ApiError(400, f"unknown agent {agent!r}; use {known}")
         if agent not in (None, "echo", self.default_agent):
             raise ApiError(400, f"agent {agent!r} is not loaded in this process "
                                 f"(it runs {self.default_agent!r})")
 
     def _handler(self, info: CallInfo, agent: str | None) -> CallHandler:
-        if agent == "echo" and self.default_agent != "echo":
+        named = self._named(agent)
+        if agent == "echo" and self.default_agent != "echo" and not named:
             return EchoHandler()
         try:
-            return self.handler_for(info)
+            return self.handler_for(dataclasses.replace(info, agent=agent) if named else info)
         except CallRefused as e:
+            if e.metric == "no_route":
+                raise ApiError(400, "the dialplan has no route or default for this call: name "
+                                    "an agent") from None
             raise ApiError(503, f"the agent cannot take a call now: {e.reason}") from None
 
     async def place_call(self, to: str, agent: str | None) -> dict[str, object]:

@@ -9,12 +9,16 @@ The outbound-call API (add_call_routes), for an operator or a CRM placing calls:
        fields ("state", "status", ...) on top while the outbound API knows it.
   POST /calls/{call_id}/transfer {"target": "sip:..."} -> 200 once the target answered;
        404 unknown call, 409 call over, 502 transfer refused or failed (with its status)
+All of them need http.api_token (or console.token) when one is set, and answer only
+loopback clients when none is: placing calls on the trunk is never open to the world.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -91,10 +95,28 @@ def _string(body: dict[str, Any], key: str, *, required: bool) -> str | None:
     return value.strip()
 
 
+def api_access(request: web.Request, tokens: Sequence[str]) -> bool:
+    """May this request use the calls API? With tokens configured, it must offer one
+    (Authorization: Bearer, X-Switchboard-Token, or ?token=); without, it must come from
+    loopback: POST /calls places calls on the trunk, so it is never open to the world."""
+    tokens = [t for t in tokens if t]
+    if not tokens:
+        try:
+            return request.remote is not None and ipaddress.ip_address(request.remote).is_loopback
+        except ValueError:
+            return False
+    auth = request.headers.get("Authorization", "")
+    offered = [o for o in (request.query.get("token", ""),
+                           request.headers.get("X-Switchboard-Token", ""),
+                           auth[7:] if auth[:7].lower() == "bearer " else "") if o]
+    return any(hmac.compare_digest(o.encode(), t.encode()) for o in offered for t in tokens)
+
+
 def add_call_routes(app: web.Application, api: CallsApi,
-                    records: RecordsApi | None = None) -> None:
+                    records: RecordsApi | None = None, *,
+                    tokens: Sequence[str] = ()) -> None:
     """POST /calls, GET /calls/{call_id}, POST /calls/{call_id}/transfer; with records,
-    GET /calls too."""
+    GET /calls too. Every one needs api_access(request, tokens)."""
 
     def error(e: ApiError) -> web.Response:
         return web.json_response({"error": e.message, **e.fields}, status=e.status)
@@ -148,8 +170,18 @@ def add_call_routes(app: web.Application, api: CallsApi,
             return error(e)
         return web.json_response(result)
 
-    app.router.add_post("/calls", place)
+    def guarded(handler: Callable[[web.Request], Awaitable[web.Response]]
+                ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def check(request: web.Request) -> web.Response:
+            if not api_access(request, tokens):
+                return error(ApiError(403, "missing or wrong API token (http.api_token)"
+                                      if any(tokens) else "the calls API answers loopback "
+                                      "clients only until http.api_token is set"))
+            return await handler(request)
+        return check
+
+    app.router.add_post("/calls", guarded(place))
     if records is not None:
-        app.router.add_get("/calls", listing)
-    app.router.add_get("/calls/{call_id}", status)
-    app.router.add_post("/calls/{call_id}/transfer", transfer)
+        app.router.add_get("/calls", guarded(listing))
+    app.router.add_get("/calls/{call_id}", guarded(status))
+    app.router.add_post("/calls/{call_id}/transfer", guarded(transfer))

@@ -140,7 +140,8 @@ def add_calls_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p.add_argument("--until", help="calls started before (ISO 8601 or epoch seconds)")
     p.add_argument("--agent", help="only this agent")
     p.add_argument("--outcome", help="only this outcome (remote_bye, hangup, shutdown, ...)")
-    p.add_argument("--transport", help="only this door (sip, twilio, freeswitch, audiosocket)")
+    p.add_argument("--transport",
+                   help="only this door (sip, twilio, freeswitch, audiosocket, asterisk_ws)")
     p.add_argument("--limit", type=int, default=50, help="at most this many calls (50)")
     p.add_argument("--offset", type=int, default=0, help="skip this many of the newest")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

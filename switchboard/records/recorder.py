@@ -16,6 +16,7 @@ The app's handler factory wraps every agent handler in a RecordedHandler, so eve
 A call whose handler was made but that never reached either (a CANCEL while ringing)
 is closed as "not_answered" after `abandon_s`. Retention runs from the same tick: a
 bounded purge every `purge_every_s`, again at once while a purge finds a full batch.
+The same moments count the call metrics by agent (agentstats.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from pipeline.leg import CallHandler, CallInfo, CallLeg
 from pipeline.metrics import Metrics
 from pipeline.record import redact_digits, redact_fields
 from switchboard.config import RecordsConfig
-from switchboard.records import check_backend, open_store
+from switchboard.records import check_backend, describe, open_store
+from switchboard.records.agentstats import AgentCallStats, AgentLabels
 from switchboard.records.store import (
     CallAnswered,
     CallEnded,
@@ -55,8 +57,9 @@ __all__ = ["CallRecording", "RecordedHandler", "Recorder"]
 log = logging.getLogger("switchboard.records")
 
 # Call-log events not kept: per-chunk and per-state noise (DEBUG level in the log), and
-# "turn", which is stored as a turn of its own.
-_SKIPPED = frozenset({"mark", "state", "turn"})
+# "turn", which is stored as a turn of its own (with what caller_said and agent_said,
+# the live console's events, told as it went).
+_SKIPPED = frozenset({"mark", "state", "turn", "caller_said", "agent_said"})
 _TURN_TEXT = ("transcript", "answer", "heard", "error")
 _CALLER_ENDED = frozenset({"remote_bye", "remote_stop", "remote_hangup", "disconnect"})
 
@@ -90,6 +93,8 @@ class CallRecording:
         self._dtmf: list[str] = []
         self._barge_ins = self._errors = self._turns = 0
         self._ending: str | None = None
+        self.stats = AgentCallStats(recorder.metrics, info.transport,
+                                    recorder.agent_labels(agent))
         recorder.submit(CallStarted(
             uid=self.uid, call_id=info.call_id, transport=info.transport,
             direction=info.params.get("direction", "inbound"), caller=info.caller,
@@ -99,6 +104,7 @@ class CallRecording:
     def answered(self) -> None:
         if self.answered_at is None and not self.ended:
             self.answered_at = self.recorder.clock.now()
+            self.stats.answered()
             self.recorder.submit(CallAnswered(self.uid, self.recorder.wall()))
 
     def attach(self, calllog: CallLog | None) -> None:
@@ -165,6 +171,8 @@ class CallRecording:
             return
         self.collect()
         self.ended = True
+        self.stats.ended(outcome, None if self.answered_at is None
+                         else self.recorder.clock.now() - self.answered_at)
         summary = {"dtmf": "".join(self._mask(d) for d in self._dtmf),
                    "barge_ins": self._barge_ins, "errors": self._errors}
         self.recorder.submit(CallEnded(
@@ -233,6 +241,8 @@ class Recorder:
         check_backend(config)  # ConfigError now, not at the first call
         self.config = config
         self.agent = agent
+        self.metrics = metrics  # the agent-labelled call metrics (agentstats)
+        self.agent_labels = AgentLabels()
         self.clock = clock
         self.wall = wall
         self.node = f"{socket.gethostname()}:{os.getpid()}"
@@ -273,7 +283,12 @@ class Recorder:
 
     async def start(self) -> None:
         # Create the file and its tables now, so readers find them before the first call.
-        await asyncio.to_thread(self.writer.open)
+        if await asyncio.to_thread(self.writer.open):
+            log.info("call records: %s (%s)", describe(self.config), self.config.backend)
+        else:  # the writer has logged why; calls are taken all the same
+            log.error("call records: %s cannot be written now (%s); calls go on, their "
+                      "records wait in memory and are written when it is back",
+                      describe(self.config), self.writer.failing)
         self.writer.start()
         self._next_purge = self.clock.now() + min(60.0, self.purge_every_s)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="call-records")
@@ -312,4 +327,8 @@ class Recorder:
             store.close()
 
     def readiness(self) -> dict[str, Any]:
-        return {"records": {"pending": self.writer.pending, "failing": self.writer.failing}}
+        """Records are best effort: a database out of reach is reported, not a reason to
+        refuse calls."""
+        return {"records": {"backend": self.config.backend, "store": describe(self.config),
+                            "pending": self.writer.pending, "failing": self.writer.failing,
+                            "error": self.writer.last_error}}

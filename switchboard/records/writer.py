@@ -73,6 +73,7 @@ class RecordWriter:
         self._backoff = retry_min
         self._logged: set[str] = set()  # failure kinds logged since writes last worked
         self.failing: str | None = None  # the kind of the current failure, None when fine
+        self.last_error: str | None = None  # its message (no secrets: the store's wording)
         self.failed = threading.Event()  # set at every failure (for tests and readiness)
         self.purged = 0  # calls deleted by the last batch that held a Purge
         self.written_ops = 0
@@ -237,7 +238,7 @@ class RecordWriter:
             if any(isinstance(op, Purge) for op in batch):
                 self.purged = purged
             self._backoff = self.retry_min
-            recovered, self.failing = self.failing, None
+            recovered, self.failing, self.last_error = self.failing, None, None
             self._metrics.records_pending.set(len(self._pending))
             self._cond.notify_all()
         if recovered is not None:
@@ -251,7 +252,7 @@ class RecordWriter:
     def _failed(self, exc: RecordStoreError) -> None:
         self._count_error(exc.kind, str(exc))
         with self._cond:
-            self.failing = exc.kind
+            self.failing, self.last_error = exc.kind, str(exc)
             self._retry_at = time.monotonic() + self._backoff
             self._backoff = min(self._backoff * 2, self.retry_max)
         self.failed.set()

@@ -247,7 +247,7 @@ def test_repr_names_the_rates() -> None:
     )
 
 
-@pytest.mark.parametrize(("in_rate", "out_rate"), [(22050, 8000), (22050, 16000), (16000, 8000)])
+@pytest.mark.parametrize(("in_rate", "out_rate"), [(22050, 8000), (22050, 16000), (48000, 8000)])
 def test_block_engine_bursts_but_flush_returns_everything(in_rate: int, out_rate: int) -> None:
     """steady=False holds output back between pushes (that is what makes it cheap), but
     never loses it: flush() gives the total exactly, like the steady engine."""
@@ -319,6 +319,38 @@ def test_doubling_lags_under_7_ms() -> None:
     for k, chunk in enumerate(in_chunks(tone(8000, 1.0), 320)):
         total += len(r.process(chunk)) // 2
         assert (k + 1) * 320 - total == 80
+
+
+def test_halving_lags_under_3_ms_and_keeps_odd_chunks() -> None:
+    """16 -> 8 kHz (every G.711 call's outbound audio from the pipeline) has its own
+    polyphase filter too: 40 output samples (5 ms) behind, not soxr's 15 ms; a chunk of
+    odd length keeps its last sample for the next one, and flush() settles the total."""
+    r = StreamResampler(16000, 8000)
+    total = 0
+    for k, chunk in enumerate(in_chunks(tone(16000, 1.0), 640)):
+        total += len(r.process(chunk)) // 2
+        assert (k + 1) * 160 - total == 40
+    odd = StreamResampler(16000, 8000)
+    x = tone(16000, 0.5)
+    got = b"".join(odd.process(c) for c in in_chunks(x, 2 * 161)) + odd.flush()
+    assert len(got) // 2 == len(x) // 4
+    whole = StreamResampler(16000, 8000)
+    assert got == whole.process(x) + whole.flush()
+
+
+@pytest.mark.parametrize("hz", [300, 1000, 3000, 3400])
+def test_halving_keeps_the_band_and_rejects_aliases(hz: int) -> None:
+    """In-band tones pass at unit gain; a tone at 8000 - f (which would fold onto f)
+    is gone."""
+    def rms_db(y: np.ndarray) -> float:
+        return float(20 * np.log10(np.sqrt(np.mean(np.square(y[400:-400]))) + 1e-9))
+
+    x = tone(16000, 1.0, hz=hz)
+    y = values(chunked(StreamResampler(16000, 8000), in_chunks(x, 640)))
+    assert abs(rms_db(y) - rms_db(values(x))) < 0.1
+    a = tone(16000, 1.0, hz=8000 - hz)
+    alias = values(chunked(StreamResampler(16000, 8000), in_chunks(a, 640)))
+    assert rms_db(alias) - rms_db(values(a)) < -55
 
 
 @pytest.mark.parametrize("hz", [300, 1000, 2000, 3000, 3400, 3650, 3750])

@@ -130,9 +130,10 @@ def used_metric_names() -> set[str]:
 
 
 def grafana_to_promql(expr: str, instance_regex: str = ".+") -> str:
-    """What Grafana sends: its interval variables and the instance variable filled in."""
+    """What Grafana sends: its interval variables and the instance variable filled in (and
+    the agent variable as All)."""
     for var, value in (("$__rate_interval", "1m"), ("$__interval", "15s"),
-                       ("$__range", "1h")):
+                       ("$__range", "1h"), ("$agent", ".*")):
         expr = expr.replace(var, value)
     return expr.replace("$instance", instance_regex)
 
@@ -272,7 +273,10 @@ def test_dashboard_variables_and_panel_queries(path):
 
 @pytest.mark.parametrize(("board", "needles"), [
     ("calls", ["switchboard_calls_active", "switchboard_calls_total", "by (transport)",
-               "by (outcome)", "switchboard_call_duration_seconds_bucket"]),
+               "by (outcome)", "switchboard_call_duration_seconds_bucket",
+               "switchboard_agent_calls_active", "switchboard_agent_calls_total",
+               "by (transport, agent)", "by (agent, outcome)", 'agent=~"$agent"',
+               "switchboard_agent_call_duration_seconds_bucket"]),
     ("latency", ["switchboard_stage_duration_seconds_bucket", 'stage="asr"',
                  'stage="llm_first_token"', 'stage="tts_first_audio"', "by (stage, le)",
                  "switchboard_response_latency_seconds_bucket",
@@ -409,6 +413,12 @@ def test_every_metric_in_the_dashboards_and_rules_is_in_a_real_scrape(live):
                  "switchboard_calls_rejected_total", "switchboard_dtmf_digits_total"):
         assert scrape.has_samples(name), name
     for sample in ('switchboard_calls_total{outcome="remote_bye",transport="sip"} 2.0',
+                   # the same calls by agent (counted by the call recorder)
+                   'switchboard_agent_calls_total{agent="echo",outcome="remote_bye",'
+                   'transport="sip"} 2.0',
+                   'switchboard_agent_call_duration_seconds_count{agent="echo",'
+                   'transport="sip"} 2.0',
+                   'switchboard_agent_calls_active{agent="echo",transport="sip"} 0.0',
                    'switchboard_calls_rejected_total{reason="codec",transport="sip"} 1.0',
                    'switchboard_dtmf_digits_total{method="rfc4733",transport="sip"} 1.0'):
         assert sample in live.text, sample

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from streams.asterisk_ws import PATH as ASTERISK_WS_PATH
+from streams.asterisk_ws import SUBPROTOCOL as ASTERISK_WS_SUBPROTOCOL
+from streams.asterisk_ws_messages import FORMATS as ASTERISK_WS_FORMATS
 from streams.audiosocket import RATES as AUDIOSOCKET_RATES
 from streams.freeswitch import PATH as FREESWITCH_PATH
 from switchboard.config import AudioSocketConfig, HttpConfig, SipConfig
@@ -213,6 +216,34 @@ def test_asterisk_readme_says_what_the_files_say(pjsip: dict,
                  "[from-switchboard]", "streams.audiosocket", "not packaged"):
         assert text in readme, f"README.md does not say {text!r}"
     for exten in dialplan["to-switchboard"].get("exten"):
+        assert exten.split(",")[0] in readme
+
+
+def test_websocket_client_and_dialplan_reach_the_chan_websocket_door(
+        pjsip: dict, dialplan: dict[str, Section]) -> None:
+    clients = {c.name: dict(c.options) for c in read_conf(ASTERISK / "websocket_client.conf")}
+    context = dialplan["to-switchboard-websocket"]
+    lines = " ".join(v for _, v in context.options)
+    dial = re.search(r"Dial\(WebSocket/([\w-]+)/c\((\w+)\)v\((.*)\),\d+\)", lines)
+    assert dial, "no Dial(WebSocket/<connection>/c(codec)v(params),timeout)"
+    client = clients[dial[1]]  # the dial string names the websocket_client.conf section
+    assert client["type"] == "websocket_client"
+    assert client["connection_type"] == "per_call_config"  # media cannot use persistent
+    assert client["protocols"] == ASTERISK_WS_SUBPROTOCOL
+    assert client["username"] and client["password"]  # Basic auth carries the token
+    uri = re.fullmatch(r"wss?://([\w.-]+):(\d+)(/\S*)", client["uri"])
+    assert uri, client["uri"]
+    assert uri[1] == contact_of(pjsip)[0]  # the same Switchboard
+    assert int(uri[2]) == HttpConfig().port and uri[3] == ASTERISK_WS_PATH
+    assert dial[2] in ASTERISK_WS_FORMATS  # a format the door decodes
+    assert re.findall(r"(?:^|,)(\w+)=", dial[3]) == ["caller", "callee"]
+    assert "URIENCODE" in dial[3]  # each value encoded on its own
+    readme = (ASTERISK / "README.md").read_text()
+    for text in ("[to-switchboard-websocket]", "streams.asterisk_ws", ASTERISK_WS_PATH,
+                 f"[{dial[1]}]", "websocket_client.conf", "per_call_config", "FLUSH_MEDIA",
+                 f"c({dial[2]})"):
+        assert text in readme, f"README.md does not say {text!r}"
+    for exten in context.get("exten"):
         assert exten.split(",")[0] in readme
 
 

@@ -9,6 +9,11 @@ It replays Ollama's documented wire formats over loopback HTTP:
       "prompt_eval_duration","eval_count","eval_duration"};
       with "messages": [] it only loads the model ("done_reason":"load");
       an unknown model gives 404 {"error":"model \"x\" not found, try pulling it first"}.
+- POST /api/show             {"modelfile", "details", "capabilities": ["completion", ...]}
+      (`capabilities` below; "tools" in it means the model can call tools).
+- POST /api/chat with "tools": when `tool_calls` is set, one chunk carries them first:
+      {"message":{"role":"assistant","content":"","tool_calls":[{"function":
+      {"name":"...","arguments":{...}}}]},"done":false}.
 - POST /v1/chat/completions  OpenAI-style server-sent events, "data: {chunk}\\n\\n" ending
       with "data: [DONE]\\n\\n".
 
@@ -45,6 +50,8 @@ class FakeOllama:
         self.fail_after = 2
         self.reply: tuple[str, ...] = DEFAULT_REPLY
         self.models: tuple[str, ...] = (DEFAULT_MODEL,)
+        self.capabilities: tuple[str, ...] = ("completion",)
+        self.tool_calls: list[dict[str, Any]] = []  # [{"name": ..., "arguments": {...}}]
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.disconnects = 0  # streams whose client went away before the end
         if hasattr(self, "_release"):
@@ -68,6 +75,7 @@ class FakeOllama:
         app = web.Application()
         app.router.add_get("/api/tags", self._tags)
         app.router.add_post("/api/chat", self._chat)
+        app.router.add_post("/api/show", self._show)
         app.router.add_post("/v1/chat/completions", self._openai)
         self._runner = web.AppRunner(app, handle_signals=False)
         await self._runner.setup()
@@ -99,6 +107,20 @@ class FakeOllama:
             for name in self.models
         ]
         return web.json_response({"models": models})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(("/api/show", body))
+        if (refused := self._refusal(body.get("model", ""))) is not None:
+            return refused
+        return web.json_response({
+            "modelfile": "FROM smollm2", "parameters": "", "template": "{{ .Prompt }}",
+            "details": {"format": "gguf", "family": "llama", "parameter_size": "135M",
+                        "quantization_level": "Q4_1"},
+            "model_info": {"general.architecture": "llama", "llama.context_length": 8192},
+            "modified_at": "2025-01-01T00:00:00.000000000Z",
+            "capabilities": list(self.capabilities),
+        })
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
@@ -138,6 +160,12 @@ class FakeOllama:
             + "\n"
             for piece in self.reply
         ]
+        if body.get("tools") and self.tool_calls:
+            calls = [{"function": call} for call in self.tool_calls]
+            lines.insert(0, json.dumps({
+                "model": model, "created_at": _now(),
+                "message": {"role": "assistant", "content": "", "tool_calls": calls},
+                "done": False}) + "\n")
         final = json.dumps({**done, **timing}) + "\n"
         return await self._stream(request, "application/x-ndjson", lines, final)
 

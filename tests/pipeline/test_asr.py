@@ -149,3 +149,38 @@ def test_packaged_model_files_are_found() -> None:
 def test_whisper_refuses_a_directory_without_a_model(tmp_path: Path) -> None:
     with pytest.raises(ModelNotInstalled, match=r"no CTranslate2 Whisper model\.bin"):
         WhisperAsr(WhisperSettings(model_path=tmp_path))
+
+
+def test_encoder_window_is_the_minimum_or_the_utterance_plus_two_seconds():
+    from pipeline.asr import FULL_WINDOW_FRAMES, encoder_frames
+
+    assert encoder_frames(2.3, 10.0) == 1000
+    assert encoder_frames(8.5, 10.0) == 1100  # 8.5 s + 2 s, in whole seconds
+    assert encoder_frames(2.3, 4.0) == 500
+    assert encoder_frames(29.0, 10.0) == FULL_WINDOW_FRAMES  # never more than Whisper's 30 s
+    assert encoder_frames(2.3, None) == FULL_WINDOW_FRAMES
+
+
+@pytest.mark.slow
+def test_the_encoder_sees_the_short_window_and_still_hears_the_words(
+    whisper_asr: WhisperAsr, piper_speech_16k: Callable[[str], bytes]
+) -> None:
+    from pipeline.asr import encoder_frames
+
+    audio = piper_speech_16k("I would like to book a table for dinner tomorrow.")
+    seen: list[int] = []
+    model = whisper_asr._model
+    real_encode = type(model).__mro__[1].encode  # faster-whisper's own encode
+
+    def spy(self, features):  # type: ignore[no-untyped-def]
+        seen.append(features.shape[-1])
+        return real_encode(self, features)
+
+    type(model).__mro__[1].encode, saved = spy, real_encode
+    try:
+        result = whisper_asr.transcribe(audio)
+    finally:
+        type(model).__mro__[1].encode = saved
+    assert seen == [encoder_frames(len(audio) / 32000, 10.0)]
+    assert seen[0] < 3000  # not Whisper's 30 s
+    assert {"book", "table", "dinner", "tomorrow"} <= words(result), result

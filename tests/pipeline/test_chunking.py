@@ -65,9 +65,18 @@ def test_long_sentence_cut_at_a_clause() -> None:
 
 def test_run_on_cut_at_a_space() -> None:
     words = [f"w{i}" for i in range(70)]
-    chunks = chunk_all([w + " " for w in words], ChunkPolicy(max_words=30))
+    chunks = chunk_all([w + " " for w in words], ChunkPolicy(first_max_words=30, max_words=30))
     assert [len(c.split()) for c in chunks] == [30, 30, 10]
     assert " ".join(chunks).split() == words
+
+
+def test_a_long_first_sentence_is_cut_early_so_speech_starts_soon() -> None:
+    text = ("We are open from nine in the morning until five in the evening on every "
+            "weekday and Saturday. Call again.")
+    chunks = chunk_all([w + " " for w in text.split()], ChunkPolicy(first_max_words=8))
+    assert chunks[0] == "We are open from nine in the morning"
+    assert chunks[1] == "until five in the evening on every weekday and Saturday."
+    assert " ".join(chunks).split() == text.split()
 
 
 @pytest.mark.parametrize(
@@ -147,7 +156,8 @@ def test_chunks_keep_every_word_in_order(text: str, cuts: list[int]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(_text, st.lists(st.integers(min_value=0), max_size=30))
 def test_chunks_do_not_depend_on_token_boundaries(text: str, cuts: list[int]) -> None:
-    policy = ChunkPolicy(max_words=10_000)  # the run-on cut is the one timing-dependent rule
+    # the run-on cuts are the one timing-dependent rule
+    policy = ChunkPolicy(first_max_words=10_000, max_words=10_000)
     assert chunk_all(_splits(text, cuts), policy) == chunk_all([text], policy)
 
 

@@ -132,7 +132,8 @@ def test_ollama_streams_chat_with_keep_alive_and_options(ollama_server: FakeOlla
 
 def test_ollama_warm_up_checks_tags_then_loads(ollama_server: FakeOllama) -> None:
     ollama(ollama_server).warm_up()
-    assert [p for p, _ in ollama_server.requests] == ["/api/tags", "/api/chat"]
+    assert [p for p, _ in ollama_server.requests] == ["/api/tags", "/api/chat",
+                                                       "/api/show"]  # tools?
     load = ollama_server.requests[1][1]
     assert load["messages"] == [] and load["keep_alive"] == "30m"
 

@@ -143,7 +143,8 @@ async def test_conversation_agent_on_a_reachable_ollama(ollama: FakeOllama) -> N
         assert ready["ready"] is True and ready["agent"] == "conversation"
         assert ready["engines"]["llm"] == f"ollama:{DEFAULT_MODEL}"
         assert ready["engines"]["llm_fallback"] is False
-        assert [path for path, _ in ollama.requests] == ["/api/tags", "/api/chat"]  # warm-up
+        assert [path for path, _ in ollama.requests] == [
+            "/api/tags", "/api/chat", "/api/show"]  # warm-up, then: can it call tools?
         assert ollama.requests[1][1]["keep_alive"] == "30m"
         one, two = agents.make_handler(INFO), agents.make_handler(CallInfo("c-2", "twilio"))
         assert isinstance(one, Conversation) and isinstance(two, Conversation)

@@ -91,3 +91,16 @@ def test_a_numeric_secret_from_the_environment_stays_a_string():
                                "SWITCHBOARD_SIP__TRUNK__PASSWORD": "12345"})
     assert c.sip.trunk is not None
     assert (c.sip.trunk.username, c.sip.trunk.password) == ("15551230000", "12345")
+
+
+def test_asterisk_ws_door_config():
+    c = load_config(None, env={})
+    assert not c.streams.asterisk_ws.enabled  # off unless asked for
+    c = load_config(None, env={"SWITCHBOARD_STREAMS__ASTERISK_WS__ENABLED": "true",
+                               "SWITCHBOARD_STREAMS__ASTERISK_WS__TOKEN": "123456",
+                               "SWITCHBOARD_STREAMS__ASTERISK_WS__MARKS": "asterisk"})
+    aw = c.streams.asterisk_ws
+    assert (aw.enabled, aw.token, aw.marks, aw.max_lead_ms) == (True, "123456", "asterisk", 100)
+    assert "123456" not in repr(aw)  # the token stays out of logs
+    with pytest.raises(ConfigError, match="max_lead_ms"):
+        load_config(None, env={"SWITCHBOARD_STREAMS__ASTERISK_WS__MAX_LEAD_MS": "30"})

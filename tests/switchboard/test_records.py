@@ -1,5 +1,7 @@
-"""Call records: the SQLite store, the writer thread, the recorder around a call's handler,
-redaction and retention. Real SQLite files in tmp_path; time from a ManualClock."""
+"""Call records: the store, the writer thread, the recorder around a call's handler,
+redaction and retention. Every test that takes `records_config` runs twice: on a real
+SQLite file in tmp_path and on a real PostgreSQL database (tests/switchboard/conftest.py).
+Time from a ManualClock."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from switchboard.records.store import (
     CallQuery,
     CallStarted,
     Purge,
+    RecordStore,
     RecordStoreError,
 )
 
@@ -105,18 +108,18 @@ def info(call_id: str = "c1", **params: str) -> CallInfo:
     return CallInfo(call_id, "sip", "alice", "bot", params or {"source": "udp:1.2.3.4:5060"})
 
 
-def make(tmp_path: Path, **config: Any) -> tuple[Recorder, ManualClock, Wall, Metrics]:
+def make(cfg: RecordsConfig, **config: Any) -> tuple[Recorder, ManualClock, Wall, Metrics]:
     clock, wall, metrics = ManualClock(), Wall(), Metrics()
-    cfg = RecordsConfig(path=str(tmp_path / "calls.db"), **config)
-    rec = Recorder(cfg, agent="echo", metrics=metrics, clock=clock, wall=wall)
+    rec = Recorder(cfg.model_copy(update=config), agent="echo", metrics=metrics, clock=clock,
+                   wall=wall)
     assert rec.writer.open()
     rec.writer.start()
     return rec, clock, wall, metrics
 
 
-def reader(tmp_path: Path) -> SqliteStore:
+def reader(cfg: RecordsConfig) -> RecordStore:
     """Another connection, as another process would have."""
-    return SqliteStore(tmp_path / "calls.db", readonly=True)
+    return open_store(cfg, readonly=True)
 
 
 def errors(metrics: Metrics, kind: str) -> float:
@@ -174,9 +177,12 @@ def started(uid: str, t: float, **kw: Any) -> CallStarted:
     return CallStarted(**fields)
 
 
-def test_store_uses_wal_and_serves_queries(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "calls.db")
-    assert store.journal_mode == "wal"
+def test_sqlite_store_uses_wal(tmp_path: Path) -> None:
+    assert SqliteStore(tmp_path / "calls.db").journal_mode == "wal"
+
+
+def test_store_serves_queries(records_config: RecordsConfig) -> None:
+    store = open_store(records_config)
     store.apply([started("a", T0), started("b", T0 + 10, agent="conversation", transport="twilio"),
                  started("c", T0 + 20), CallAnswered("a", T0 + 1),
                  CallEnded("a", T0 + 5, "remote_bye", "caller", 0, '{"dtmf": "12"}'),
@@ -197,16 +203,18 @@ def test_store_uses_wal_and_serves_queries(tmp_path: Path) -> None:
     store.close()
 
 
-def test_ops_are_idempotent_so_a_failed_batch_can_be_applied_again(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "calls.db")
+def test_ops_are_idempotent_so_a_failed_batch_can_be_applied_again(
+        records_config: RecordsConfig) -> None:
+    store = open_store(records_config)
     ops = [started("a", T0), CallAnswered("a", T0 + 1)]
     store.apply(ops)
     store.apply(ops)
     assert [c["id"] for c in store.list_calls(CallQuery())] == ["a"]
 
 
-def test_purge_deletes_old_calls_a_bounded_number_at_a_time(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "calls.db")
+def test_purge_deletes_old_calls_a_bounded_number_at_a_time(
+        records_config: RecordsConfig) -> None:
+    store = open_store(records_config)
     store.apply([started(str(i), T0 + i) for i in range(5)])
     assert store.apply([Purge(before=T0 + 3, limit=2)]) == 2
     assert store.apply([Purge(before=T0 + 3, limit=2)]) == 1
@@ -221,10 +229,11 @@ def test_a_reader_never_creates_the_database(tmp_path: Path) -> None:
     assert not (tmp_path / "none.db").exists()
 
 
-@without_psycopg
-def test_postgres_without_psycopg_is_a_config_error(tmp_path: Path) -> None:
+def test_postgres_without_psycopg_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed: import fails
+    monkeypatch.delitem(sys.modules, "switchboard.records.postgres", raising=False)
     cfg = RecordsConfig(backend="postgres", dsn="postgresql://u@h/db")
-    with pytest.raises(ConfigError, match="postgres backend needs the psycopg package"):
+    with pytest.raises(ConfigError, match="postgresql backend needs the psycopg package"):
         open_store(cfg)
     with pytest.raises(ConfigError, match=r"records\.dsn"):
         load_config(None, env={"SWITCHBOARD_RECORDS__BACKEND": "postgres"})
@@ -233,12 +242,12 @@ def test_postgres_without_psycopg_is_a_config_error(tmp_path: Path) -> None:
 # -- the recorder around a call ------------------------------------------------------------
 
 
-async def test_an_echo_call_leaves_a_record_with_its_dtmf(tmp_path: Path) -> None:
-    rec, clock, wall, _ = make(tmp_path)
+async def test_an_echo_call_leaves_a_record_with_its_dtmf(records_config: RecordsConfig) -> None:
+    rec, clock, wall, _ = make(records_config)
     agent = Echo()
     handler = rec.wrap(info(), agent)
     assert rec.writer.flush(5)
-    row = reader(tmp_path).get_call("c1")
+    row = reader(records_config).get_call("c1")
     assert row is not None and row["answered_at"] is None and row["outcome"] is None
 
     clock.advance(1.0)
@@ -255,7 +264,7 @@ async def test_an_echo_call_leaves_a_record_with_its_dtmf(tmp_path: Path) -> Non
     assert agent.frames == 1 and agent.digits == ["5", "#"] and agent.ended == "remote_bye"
     assert rec.writer.flush(5)
 
-    row = reader(tmp_path).get_call("c1")
+    row = reader(records_config).get_call("c1")
     assert row is not None
     assert (row["outcome"], row["cause"], row["dtmf"], row["duration_s"]) == (
         "remote_bye", "caller", "5#", 3.0)
@@ -266,9 +275,9 @@ async def test_an_echo_call_leaves_a_record_with_its_dtmf(tmp_path: Path) -> Non
     rec.writer.close()
 
 
-async def test_each_turn_is_written_as_it_completes(tmp_path: Path) -> None:
+async def test_each_turn_is_written_as_it_completes(records_config: RecordsConfig) -> None:
     """A crash keeps every completed turn: read from another connection, never ended."""
-    rec, clock, _, _ = make(tmp_path)
+    rec, clock, _, _ = make(records_config)
     agent = Talker(clock)
     handler = rec.wrap(info(), agent)
     await handler.on_start(Leg(info()))
@@ -279,7 +288,7 @@ async def test_each_turn_is_written_as_it_completes(tmp_path: Path) -> None:
     rec.tick()
     assert rec.writer.flush(5)
 
-    row = reader(tmp_path).get_call("c1")
+    row = reader(records_config).get_call("c1")
     assert row is not None and row["ended_at"] is None and row["turn_count"] == 1
     assert row["transcript"] == [{"role": "caller", "text": "what are your hours"},
                                  {"role": "bot", "text": "We open at nine."}]
@@ -290,15 +299,15 @@ async def test_each_turn_is_written_as_it_completes(tmp_path: Path) -> None:
     agent.calllog.event("ending", reason="caller_goodbye")
     await handler.on_end("hangup")
     assert rec.writer.flush(5)
-    row = reader(tmp_path).get_call("c1")
+    row = reader(records_config).get_call("c1")
     assert row is not None and row["turn_count"] == 2 and row["barge_ins"] == 1
     assert (row["outcome"], row["cause"]) == ("hangup", "caller_goodbye")
     assert row["events"][-1]["event"] == "call_end"
     rec.writer.close()
 
 
-async def test_redaction_of_turns_and_keypad_digits(tmp_path: Path) -> None:
-    rec, clock, _, _ = make(tmp_path, redact_digits=True)
+async def test_redaction_of_turns_and_keypad_digits(records_config: RecordsConfig) -> None:
+    rec, clock, _, _ = make(records_config, redact_digits=True)
     agent = Talker(clock)
     handler = rec.wrap(info(), agent)
     await handler.on_start(Leg(info()))
@@ -307,7 +316,7 @@ async def test_redaction_of_turns_and_keypad_digits(tmp_path: Path) -> None:
     handler.on_dtmf("#")
     await handler.on_end("remote_bye")
     assert rec.writer.flush(5)
-    row = reader(tmp_path).get_call("c1")
+    row = reader(records_config).get_call("c1")
     assert row is not None
     stored = json.dumps(row)
     assert "4111" not in stored and '"7"' not in stored
@@ -316,23 +325,23 @@ async def test_redaction_of_turns_and_keypad_digits(tmp_path: Path) -> None:
     rec.writer.close()
 
 
-async def test_calls_that_never_started_are_closed_too(tmp_path: Path) -> None:
-    rec, clock, _, _ = make(tmp_path)
+async def test_calls_that_never_started_are_closed_too(records_config: RecordsConfig) -> None:
+    rec, clock, _, _ = make(records_config)
     no_ack = rec.wrap(info("no-ack"), Echo())
     no_ack.call_closed("ack_timeout")  # SIP: 200 OK sent, the ACK never came
     rec.wrap(info("cancelled"), Echo())  # a CANCEL while ringing: nobody says a word
     clock.advance(rec.abandon_s)
     rec.tick()
     assert rec.writer.flush(5)
-    store = reader(tmp_path)
+    store = reader(records_config)
     outcomes = {c["call_id"]: (c["outcome"], c["answered_at"])
                 for c in store.list_calls(CallQuery())}
     assert outcomes == {"no-ack": ("ack_timeout", None), "cancelled": ("not_answered", None)}
     rec.writer.close()
 
 
-async def test_retention_purges_from_the_tick(tmp_path: Path) -> None:
-    rec, _, wall, _ = make(tmp_path, retention_days=1)
+async def test_retention_purges_from_the_tick(records_config: RecordsConfig) -> None:
+    rec, _, wall, _ = make(records_config, retention_days=1)
     rec.purge_limit = 1
     for n in range(3):
         rec.wrap(info(f"old{n}"), Echo()).call_closed("remote_bye")
@@ -342,7 +351,7 @@ async def test_retention_purges_from_the_tick(tmp_path: Path) -> None:
     assert rec.writer.flush(5)
     rec.tick()  # a full batch last time: again at once
     assert rec.writer.flush(5)
-    left = {c["call_id"] for c in reader(tmp_path).list_calls(CallQuery())}
+    left = {c["call_id"] for c in reader(records_config).list_calls(CallQuery())}
     assert left == {"old2", "new"}
     rec.writer.close()
 
@@ -350,15 +359,33 @@ async def test_retention_purges_from_the_tick(tmp_path: Path) -> None:
 # -- the database says no ------------------------------------------------------------------
 
 
-async def test_a_locked_database_is_counted_and_the_record_written_later(tmp_path: Path) -> None:
+class Lock:
+    """Another process holding the database (SQLite) or the calls table (PostgreSQL)."""
+
+    def __init__(self, cfg: RecordsConfig) -> None:
+        if cfg.backend == "sqlite":
+            self.conn: Any = sqlite3.connect(cfg.path, isolation_level=None)
+            self.conn.execute("BEGIN EXCLUSIVE")
+        else:
+            import psycopg
+
+            self.conn = psycopg.connect(cfg.dsn)  # a transaction open until release()
+            self.conn.execute("LOCK TABLE calls IN ACCESS EXCLUSIVE MODE")
+
+    def release(self) -> None:
+        self.conn.rollback()
+        self.conn.close()
+
+
+async def test_a_locked_database_is_counted_and_the_record_written_later(
+        records_config: RecordsConfig) -> None:
     clock, wall, metrics = ManualClock(), Wall(), Metrics()
-    cfg = RecordsConfig(path=str(tmp_path / "calls.db"))
+    cfg = records_config
     rec = Recorder(cfg, agent="echo", metrics=metrics, clock=clock, wall=wall,
                    open_writer_store=lambda: open_store(cfg, busy_timeout=0.05))
     assert rec.writer.open()
     rec.writer.start()
-    other = sqlite3.connect(tmp_path / "calls.db", isolation_level=None)
-    other.execute("BEGIN EXCLUSIVE")  # another process holds the database
+    other = Lock(cfg)
     agent = Echo()
     handler = rec.wrap(info(), agent)
     await handler.on_start(Leg(info()))
@@ -370,11 +397,10 @@ async def test_a_locked_database_is_counted_and_the_record_written_later(tmp_pat
     assert errors(metrics, "locked") >= 1 and rec.writer.failing == "locked"
     assert rec.writer.pending >= 3
 
-    other.execute("ROLLBACK")
-    other.close()
+    other.release()
     assert rec.writer.flush(10)
     assert rec.writer.failing is None and rec.writer.pending == 0
-    row = reader(tmp_path).get_call("c1")
+    row = reader(cfg).get_call("c1")
     assert row is not None and row["outcome"] == "remote_bye" and row["dtmf"] == "1"
     rec.writer.close()
 
@@ -399,16 +425,17 @@ def test_a_full_disk_is_counted_and_the_writes_kept(tmp_path: Path) -> None:
     assert writer.failing == "disk_full" and errors(metrics, "disk_full") >= 1
     stores[0]._db.execute("PRAGMA max_page_count = 100000")  # room again
     assert writer.flush(10)
-    assert [c["id"] for c in reader(tmp_path).list_calls(CallQuery())] == ["a"]
+    read = SqliteStore(tmp_path / "calls.db", readonly=True)
+    assert [c["id"] for c in read.list_calls(CallQuery())] == ["a"]
     assert writer.close() == 0
 
 
-def test_the_queue_is_bounded_but_keeps_every_call_row(tmp_path: Path) -> None:
+def test_the_queue_is_bounded_but_keeps_every_call_row(records_config: RecordsConfig) -> None:
     metrics = Metrics()
     from switchboard.records.store import TurnSaved
     from switchboard.records.writer import RecordWriter
 
-    writer = RecordWriter(lambda: SqliteStore(tmp_path / "calls.db"), metrics=metrics,
+    writer = RecordWriter(lambda: open_store(records_config), metrics=metrics,
                           max_pending=2)  # not started: nothing is written yet
     writer.submit(started("a", T0))
     writer.submit(TurnSaved("a", 1, "{}"))
@@ -417,7 +444,7 @@ def test_the_queue_is_bounded_but_keeps_every_call_row(tmp_path: Path) -> None:
     assert writer.pending == 3 and errors(metrics, "overflow") == 1
     writer.start()
     assert writer.flush(10)
-    row = reader(tmp_path).get_call("a")
+    row = reader(records_config).get_call("a")
     assert row is not None and row["outcome"] == "remote_bye" and len(row["turns"]) == 1
     writer.close()
 
@@ -448,7 +475,7 @@ def test_writes_unsaved_at_shutdown_are_kept_for_the_next_start(tmp_path: Path) 
     assert second.open()
     second.start()
     assert second.flush(10)
-    row = reader(tmp_path).get_call("call-a")
+    row = SqliteStore(db, readonly=True).get_call("call-a")
     assert row is not None and row["outcome"] == "remote_bye" and row["turns"] == [
         {"transcript": "hi"}] and row["events"][0]["digit"] == "1"
     assert not spill.exists()
@@ -479,7 +506,7 @@ CRASHER = textwrap.dedent("""
 
     async def main():
         clock = ManualClock()
-        rec = Recorder(RecordsConfig(path=sys.argv[1]), agent="conversation",
+        rec = Recorder(RecordsConfig.model_validate_json(sys.argv[1]), agent="conversation",
                        metrics=Metrics(), clock=clock)
         rec.writer.open()
         rec.writer.start()
@@ -497,10 +524,11 @@ CRASHER = textwrap.dedent("""
 """)
 
 
-def test_a_killed_process_leaves_its_call_up_to_the_last_turn(tmp_path: Path) -> None:
-    db = tmp_path / "calls.db"
+def test_a_killed_process_leaves_its_call_up_to_the_last_turn(
+        records_config: RecordsConfig) -> None:
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(db)], cwd=root,
+    proc = subprocess.Popen([sys.executable, "-c", CRASHER, records_config.model_dump_json()],
+                            cwd=root,
                             stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(root)})
     try:
@@ -511,7 +539,7 @@ def test_a_killed_process_leaves_its_call_up_to_the_last_turn(tmp_path: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    row = SqliteStore(db, readonly=True).get_call("c1")
+    row = reader(records_config).get_call("c1")
     assert row is not None and row["ended_at"] is None and row["outcome"] is None
     assert [t["transcript"] for t in row["turns"]] == ["is anyone there"]
 

@@ -20,9 +20,11 @@ from typing import Any
 
 import pytest
 
+from switchboard.config import RecordsConfig
 from switchboard.records.sqlite import SqliteStore
 from switchboard.records.store import CallQuery
 from tests.helpers import EXE, Server, free_port, switchboard
+from tests.postgres import PASSWORD
 
 pytestmark = [
     pytest.mark.slow,
@@ -186,15 +188,28 @@ def env_for(db: Path, rtp: int, **extra: str) -> dict[str, str]:
             "SWITCHBOARD_SIP__RTP_PORT_MAX": str(rtp + 98), **extra}
 
 
-def calls_command(db: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def records_env(cfg: RecordsConfig) -> dict[str, str]:
+    """The environment that points `switchboard` at `cfg`'s store."""
+    if cfg.backend == "sqlite":
+        return {"SWITCHBOARD_RECORDS__PATH": cfg.path}
+    return {"SWITCHBOARD_RECORDS__BACKEND": cfg.backend, "SWITCHBOARD_RECORDS__DSN": cfg.dsn}
+
+
+def calls_command(db: Path | RecordsConfig, *args: str) -> subprocess.CompletedProcess[str]:
+    cfg = db if isinstance(db, RecordsConfig) else RecordsConfig(path=str(db))
     return subprocess.run([EXE, "calls", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "SWITCHBOARD_RECORDS__PATH": str(db)})
+                          env={**os.environ, **records_env(cfg)})
 
 
-def test_records_of_real_calls_over_http_and_in_the_terminal(tmp_path: Path) -> None:
-    db = tmp_path / "calls.db"
+def test_records_of_real_calls_over_http_and_in_the_terminal(
+        tmp_path: Path, records_config: RecordsConfig) -> None:
+    """Both backends: SQLite, and PostgreSQL (records.backend=postgresql, a real server)."""
+    db = records_config
     (tmp_path / "uac_dtmf.xml").write_text(UAC_DTMF)
-    with switchboard(tmp_path, "--agent", "echo", env=env_for(db, 43000)) as server:
+    env = {**env_for(tmp_path / "unused.db", 43000), **records_env(db)}
+    with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+        store = get(server, "/readyz")[1]["records"]
+        assert (store["backend"], store["failing"]) == (db.backend, None)
         assert finished(sipp(server, tmp_path, "-sf", "uac_dtmf.xml", "-t", "u1")) == 0
         assert finished(sipp(server, tmp_path, "-sn", "uac", "-d", "200", "-t", "t1")) == 0
 
@@ -233,6 +248,9 @@ def test_records_of_real_calls_over_http_and_in_the_terminal(tmp_path: Path) -> 
         assert call["transcript"] == [] and call["turns"] == []
         assert get(server, "/calls/no-such-call")[0] == 404
         assert "switchboard_records_write_errors_total{" not in server.metrics()
+    if db.backend == "postgresql":
+        assert "call records: postgresql://postgres@127.0.0.1:" in server.log()
+        assert PASSWORD not in server.log()
 
     # The terminal reads the same file, the server gone.
     table = calls_command(db)
