@@ -59,3 +59,11 @@ def test_brief_fuzzing_finds_nothing(target: str, tmp_path: Path) -> None:
     log = result.log.read_text("utf-8", "replace")
     assert result.ok, f"{result.new_artifacts}\n{log[-4000:]}"
     assert result.executions > 0, log[-2000:]
+
+
+def test_a_crash_is_reported_with_its_input(tmp_path: Path) -> None:
+    pytest.importorskip("atheris")
+    result = run_target("_selftest", seconds=BRIEF_SECONDS, runs=BRIEF_RUNS, artifacts=tmp_path)
+    assert not result.ok and result.returncode != 0
+    assert [p.name[:6] for p in result.new_artifacts] == ["crash-"]
+    assert "RuntimeError: selftest crash" in result.log.read_text("utf-8", "replace")
