@@ -167,6 +167,25 @@ class Metrics:
         self.sip_parse_errors_total = Counter(
             p + "sip_parse_errors_total", "Malformed SIP messages", ["transport"], registry=r
         )
+        # SIP hostile input (sip.flood, sip.policy): method is INVITE | REGISTER | OPTIONS |
+        # response | malformed | other; reason is rate (the request that tripped a block) |
+        # blocked | connections (a TCP connection over the per-source cap).
+        self.sip_flood_dropped_total = Counter(
+            p + "sip_flood_dropped_total", "SIP messages dropped by the per-source flood limits",
+            ["method", "reason"], registry=r,
+        )
+        self.sip_flood_blocks_total = Counter(
+            p + "sip_flood_blocks_total", "Sources blocked for flooding, by method",
+            ["method"], registry=r,
+        )
+        self.sip_sources_blocked = Gauge(
+            p + "sip_sources_blocked", "Source addresses blocked for flooding now", registry=r
+        )
+        # kind: dial (outbound INVITE) | transfer (our REFER) | refer (a REFER sent to us)
+        self.sip_targets_refused_total = Counter(
+            p + "sip_targets_refused_total", "Calls or transfers refused: target not allowed",
+            ["kind"], registry=r,
+        )
         # SIP client side: trunk registration, outbound calls, transfers
         self.sip_registered = Gauge(
             p + "sip_registered", "1 while the trunk registration is valid", registry=r

@@ -49,6 +49,14 @@ class ConversationSettings:
     # A spoken answer is short: stop generating after this many sentences, which frees
     # the shared LLM worker for the next caller instead of writing what nobody hears.
     max_sentences: int = 2
+    # When other calls wait for the LLM, stop after this many sentences: on a busy box a
+    # shorter answer now beats a long one that makes the next caller wait.
+    max_sentences_when_busy: int = 1
+    # Hold the LLM while the first chunk is synthesized: on a small box the two share the
+    # CPU, and the caller waits for that chunk's audio, not for the next chunk's tokens
+    # (which are ready long before the first chunk has played). At most this long; not
+    # when other calls wait for the LLM.
+    llm_pause_for_first_audio_s: float = 1.0
     temperature: float = 0.3
     history_turns: int = 8
     asr_hint: str | None = None
@@ -118,6 +126,7 @@ class Turn:
     outcome: str = "answered"
     closed: bool = False
     action: CallAction | None = None  # the caller asked for one (a phrase rule)
+    resume_llm: Callable[[], None] | None = None  # set while the LLM waits for TTS
 
     @property
     def heard(self) -> str:
@@ -301,6 +310,18 @@ class TurnRunner:
                     chunks.put_nowait(text)
                     sent += 1
                     sentences += text.rstrip("\"')”’ ").endswith((".", "!", "?", "…"))
+                    if sent == 1:
+                        pause_until_first_audio()
+
+        def pause_until_first_audio() -> None:
+            limit = s.llm_pause_for_first_audio_s
+            if limit <= 0 or stream is None or e.llm_worker.depth > 0:
+                return
+            stream.pause()
+            turn.resume_llm = stream.resume
+            asyncio.get_running_loop().call_later(limit, stream.resume)
+
+        stream: Any = None
 
         async def open_stream() -> Any:
             return e.llm_worker.stream(job, deadline_s=e.deadline("llm"))
@@ -310,7 +331,7 @@ class TurnRunner:
             stream = await self._hold_retry(turn, "llm", open_stream)
             sanitizer, chunker = SpeechSanitizer(), ClauseChunker(s.chunk_policy)
             first = True
-            async with stream:
+            async with stream:  # leaving it cancels the generation, paused or not
                 async for piece in stream:
                     if first:
                         self._observe(turn, "llm_first_token", self.clock.now() - t0)
@@ -328,7 +349,9 @@ class TurnRunner:
                     put(chunker.push(sanitizer.feed(piece)))
                     if speaking.done():  # TTS failed: stop generating, report its error
                         return
-                    if sentences >= s.max_sentences:
+                    if sentences >= s.max_sentences or (
+                        sentences >= s.max_sentences_when_busy and e.llm_worker.depth > 0
+                    ):
                         break  # leaving the stream cancels the generation
                 else:
                     put(chunker.push(sanitizer.flush()))
@@ -336,6 +359,12 @@ class TurnRunner:
             self._observe(turn, "llm_total", self.clock.now() - t0)
             if not sent and turn.action is None:
                 raise EmptyAnswer(f"{e.llm.name} said nothing speakable")
+
+    @staticmethod
+    def _resume_llm(turn: Turn) -> None:
+        if turn.resume_llm is not None:
+            turn.resume_llm()
+            turn.resume_llm = None
 
     async def _speak(self, turn: Turn, chunks: asyncio.Queue[str | None]) -> None:
         e = self.engines
@@ -360,11 +389,13 @@ class TurnRunner:
                             continue
                         if "tts_first_audio" not in turn.record.timings:
                             self._observe(turn, "tts_first_audio", self.clock.now() - t0)
+                            self._resume_llm(turn)
                         pcm, held = held + pcm[: -tail], pcm[-tail:]
                         if pcm:
                             self._first_audio(turn)
                             self.speaker.send(pcm, rate)
                         self.progress()
+            self._resume_llm(turn)  # a chunk that gave no audio must not hold the LLM
             if held:
                 self._first_audio(turn)
                 turn.chunks.append(

@@ -63,6 +63,12 @@ class WorkerClosed(WorkerError):
 _ITEM, _END, _ERROR = range(3)
 
 
+def _set_event() -> threading.Event:
+    e = threading.Event()
+    e.set()
+    return e
+
+
 @dataclass(eq=False, slots=True)
 class _Job:
     fn: Callable[[], Any]
@@ -71,6 +77,8 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     sink: asyncio.Queue[tuple[int, Any]]  # (_ITEM|_END|_ERROR, value) back on the loop
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Cleared by WorkerStream.pause(): the thread waits before asking for the next item.
+    running: threading.Event = field(default_factory=_set_event)
 
 
 class ModelWorker:
@@ -96,6 +104,7 @@ class ModelWorker:
         self._cond = threading.Condition()
         self._closed = False
         self._busy = 0
+        self._running: set[_Job] = set()  # started and not finished
         self._threads = [
             threading.Thread(target=self._run, name=f"{name}-worker-{i}", daemon=True)
             for i in range(threads)
@@ -143,7 +152,10 @@ class ModelWorker:
             waiting = list(self._waiting)
             self._waiting.clear()
             self._cond.notify_all()
+            running = list(self._running)
         self._set_depth()
+        for j in running:
+            j.running.set()  # a paused stream wakes up to see the worker is closing
         for j in waiting:
             self._post(j, _ERROR, WorkerClosed(self.name))
         for t in self._threads:
@@ -156,6 +168,7 @@ class ModelWorker:
         """The caller gave up on j: a waiting job leaves the queue, a running one stops
         at its next item (streams) or has its result dropped (one-shot jobs)."""
         j.cancelled.set()
+        j.running.set()  # a paused stream wakes up to stop
         with self._cond:
             try:
                 self._waiting.remove(j)
@@ -194,12 +207,14 @@ class ModelWorker:
                     return
                 j = self._waiting.popleft()
                 self._busy += 1
+                self._running.add(j)
             self._set_depth()
             try:
                 self._execute(j)
             finally:
                 with self._cond:
                     self._busy -= 1
+                    self._running.discard(j)
 
     def _execute(self, j: _Job) -> None:
         if j.cancelled.is_set():
@@ -220,6 +235,9 @@ class ModelWorker:
             gen = iter(j.fn())
             # Checked before and after each item: a cancelled stream stops at the next one.
             while not (j.cancelled.is_set() or self._closed):
+                j.running.wait()  # paused by the consumer (see WorkerStream.pause)
+                if j.cancelled.is_set() or self._closed:
+                    break
                 try:
                     item = next(gen)
                 except StopIteration:
@@ -263,6 +281,20 @@ class WorkerStream(Generic[T]):
     def cancel(self) -> None:
         self._withdraw(self._job)
         self._done = True
+
+    def pause(self) -> None:
+        """Hold the generator before its next item (it keeps its thread and state) until
+        resume(): lets another engine have the CPU now, when its output is wanted first.
+        cancel() and closing the worker wake a paused stream."""
+        if not self._done:
+            self._job.running.clear()
+
+    def resume(self) -> None:
+        self._job.running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._job.running.is_set()
 
     @property
     def cancelled(self) -> bool:

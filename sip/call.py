@@ -18,6 +18,7 @@ from media.clock import Clock
 from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.dialog import Dialog, DialogError, DialogState
+from sip.policy import TargetPolicy
 from sip.refer import Transfer, transfer_call
 from sip.registration import DigestClient
 from sip.rtp_session import MediaParams
@@ -93,6 +94,7 @@ class SipCall:
         self.tasks: set[asyncio.Task[None]] = set()  # helpers to cancel at close
         self.refer: Transfer | None = None  # a blind transfer in progress (sip.refer)
         self.auth: DigestClient | None = None  # credentials for challenged in-dialog requests
+        self.targets: TargetPolicy | None = None  # who transfer() may REFER to (sip.policy)
         self.reason: str | None = None  # why it ended, once close() began
         self.started_at: float | None = None
         self._started = False
@@ -121,7 +123,7 @@ class SipCall:
         """Blind transfer with REFER; once the target has answered, our leg hangs up
         ("transfer"). Raises sip.refer.ReferError (a TransferError) with the status."""
         await transfer_call(self, target, transactions=self._tx, clock=self._clock,
-                            metrics=self._metrics, auth=self.auth)
+                            metrics=self._metrics, auth=self.auth, policy=self.targets)
 
     async def hangup(self, reason: str = "hangup") -> None:
         """End the call from our side with a BYE. Idempotent."""

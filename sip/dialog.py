@@ -61,7 +61,7 @@ class Dialog:
     local_contact: Address
     local_cseq: int
     remote_cseq: int | None
-    transport: str  # "udp" | "tcp": the flow the dialog was created on
+    transport: str  # "udp" | "tcp" | "tls": the flow the dialog was created on
     connection: int | None = None  # its TCP connection
     flow_remote: tuple[str, int] | None = None  # where that flow's packets came from
     state: DialogState = DialogState.EARLY
@@ -191,7 +191,8 @@ class Dialog:
         uri = self.route_set[0].uri if self.route_set else self.remote_target
         if not uri.is_sip:
             raise SipParseError(f"cannot route to a {uri.scheme} URI")
-        transport = uri.transport or ("tcp" if uri.scheme == "sips" else self.transport)
+        secure = "tls" if self.transport == "tls" else "tcp"  # we only answer TLS, on its flow
+        transport = uri.transport or (secure if uri.scheme == "sips" else self.transport)
         host = bare_host(uri.maddr or uri.host)
         port = uri.port or DEFAULT_PORTS.get(uri.scheme, 5060)
         connection = self.connection if transport == self.transport else None

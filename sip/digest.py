@@ -412,7 +412,10 @@ class DigestServer:
         if now * 1000 - issued > self.nonce_ttl * 1000:
             return AuthResult.STALE
         if c.qop is None:
-            return AuthResult.OK  # RFC 2069 clients send no nc: replay is not detectable
+            # RFC 2069 answers carry no nc, so a captured one could be replayed: such a
+            # nonce answers one request; the next gets a fresh nonce (stale=true).
+            first = self._check_nc(c.nonce, issued, 1) is AuthResult.OK
+            return AuthResult.OK if first else AuthResult.STALE
         return self._check_nc(c.nonce, issued, c.nc or 0)
 
     def _mac(self, payload: bytes) -> bytes:

@@ -6,8 +6,10 @@ configured (401 challenge; 403 for bad credentials), or else 403 -> room for the
 (else 503 + Retry-After, or 486)
 -> handler for the call (the factory may refuse) -> offer/answer, media, optional 180,
 200 OK (sip.invite). Then ACK, BYE, CANCEL, re-INVITE, OPTIONS, INFO (DTMF); 405 for
-methods we do not take, 481 for dialogs we do not know. Every request is counted by
-method (unknown methods as "other", so the label set stays bounded).
+methods we do not take, 481 for dialogs we do not know. A REFER sent to us is never
+obeyed (403 for a target sip.policy refuses, else 501): we call no one for others.
+Every request is counted by method (unknown methods as "other", so the label set stays
+bounded).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pipeline.metrics import Metrics
 from sip.call import Media, SipCall
 from sip.dialog import Dialog, DialogError
 from sip.digest import AuthResult, DigestError, DigestServer
+from sip.grammar import SipParseError
 from sip.headers import Address
 from sip.invite import (
     CallRefused,
@@ -37,6 +40,7 @@ from sip.invite import (
     retry_after_jitter,
 )
 from sip.message import SipMessage, SipRequest, SipResponse, make_response, new_tag
+from sip.policy import TargetPolicy
 from sip.refer import on_notify
 from sip.rtp_session import MediaParams
 from sip.sdp import SdpSession
@@ -136,6 +140,8 @@ class SipEndpoint:
                                         settings.auth_secret or os.urandom(32),
                                         nonce_ttl=settings.nonce_ttl,
                                         algorithms=settings.auth_algorithms)
+        # Who we may call or transfer to (sip.policy); None: anyone (the `switchboard call` UA).
+        self.targets: TargetPolicy | None = None
         self.methods: dict[str, MethodHandler] = {}  # extensions: REFER, NOTIFY, ...
         # The progress of our blind transfers (REFER, sip.refer) comes in NOTIFYs.
         self.register_method("NOTIFY", on_notify)
@@ -238,6 +244,8 @@ class SipEndpoint:
                 tx.respond(self._options_ok(request, None))
         elif method in self.methods:
             self.methods[method](None, request, tx)
+        elif method == "REFER":
+            self._refer_in(None, request, tx)
         elif method in BASE_ALLOW:  # BYE, INFO without a dialog
             tx.respond(self._response(request, 481))
         else:
@@ -256,9 +264,37 @@ class SipEndpoint:
             self._info(call, request, tx)
         elif method in self.methods:
             self.methods[method](call, request, tx)
+        elif method == "REFER":
+            self._refer_in(call, request, tx)
         else:
             tx.respond(call.dialog.response(request, 405, extra=[
                 *self.server_headers(), ("Allow", self.allow())]))
+
+    def _refer_in(self, call: SipCall | None, request: SipRequest,
+                  tx: ServerTransaction) -> None:
+        """A REFER asking us to call its Refer-To (RFC 3515): never acted on. A target the
+        policy does not allow is refused 403 and counted (a toll-fraud probe); an allowed
+        one 501, as we do not place calls for others."""
+        def answer(status: int, reason: str | None = None) -> None:
+            extra = self.server_headers()
+            tx.respond(call.dialog.response(request, status, reason, extra=extra)
+                       if call is not None else self._response(request, status, reason))
+
+        value = request.header("Refer-To")
+        try:
+            uri = Address.parse(value).uri if value else None
+        except SipParseError:
+            uri = None
+        if uri is None:
+            answer(400, "Bad Refer-To")
+            return
+        if self.targets is None or not self.targets.allowed_target(uri):
+            self.metrics.sip_targets_refused_total.labels("refer").inc()
+            log.warning("REFER %s to %s refused: not an allowed target", request.call_id,
+                        str(uri)[:80])
+            answer(403, "Transfer Target Not Allowed")
+            return
+        answer(501, "Transfers Not Taken")
 
     def _options_ok(self, request: SipRequest, call: SipCall | None) -> SipResponse:
         extra = [*self.server_headers(allow=True), ("Accept", "application/sdp")]
@@ -368,8 +404,9 @@ class SipEndpoint:
                        handler=handler, transactions=self.transactions, clock=self.clock,
                        metrics=self.metrics, on_closed=self._call_closed)
         call.sdp = sdp
+        call.targets = self.targets
         self.calls[p.dialog.id] = call
-        if p.source.transport == "tcp":
+        if p.source.reliable:  # TCP or TLS: keep the connection for our BYE
             self._hold(p.source.connection, True)
         self.metrics.calls_active.labels("sip").inc()
         return call
@@ -379,7 +416,7 @@ class SipEndpoint:
 
     def _call_closed(self, call: SipCall) -> None:
         self.calls.pop(call.dialog.id, None)
-        if call.dialog.transport == "tcp":
+        if call.dialog.transport != "udp":
             self._hold(call.dialog.connection, False)
 
     def _hold(self, connection: int | None, hold: bool) -> None:

@@ -23,7 +23,14 @@ from sip.digest import Credentials
 from sip.message import SipRequest
 from sip.ports import PortError
 from sip.rtp_session import MediaParams
-from sip.sdp import NegotiatedMedia, NoCommonCodec, SdpError, SdpSession, SessionDescription
+from sip.sdp import (
+    MAX_SDP_BYTES,
+    NegotiatedMedia,
+    NoCommonCodec,
+    SdpError,
+    SdpSession,
+    SessionDescription,
+)
 from sip.transaction import InviteServerTransaction, ServerTransaction
 from sip.transport import Source
 from sip.uri import Uri
@@ -144,9 +151,12 @@ async def media_params(neg: NegotiatedMedia) -> MediaParams:
 
 
 def parse_body(request: SipRequest) -> SessionDescription | None:
-    """The SDP of a request: None without a body; CallRefused 415 for anything else."""
+    """The SDP of a request: None without a body; CallRefused 415 for anything else, 413
+    for an SDP over MAX_SDP_BYTES."""
     if not request.body.strip():
         return None
+    if len(request.body) > MAX_SDP_BYTES:
+        raise CallRefused(413, "SDP Too Large", "too_large")
     ctype = request.content_type
     if ctype is None or ctype.mime != SDP:
         raise CallRefused(415, "Unsupported Media Type", "unsupported_media")

@@ -95,8 +95,13 @@ class RtpOptions:
 
     media_timeout: float = 30.0  # no RTP this long while we expect some: on_failure
     latch_window: float = 2.0  # seconds in which a new media source may be learnt
+    # After the window, follow a source that continues the stream (same SSRC, next
+    # sequence numbers) from a new address: a NAT rebinding. Off: strictly latched.
+    follow_rebinding: bool = False
     rtcp_interval: float = 5.0  # mean; each interval is randomised over 0.5-1.5x
     dtmf_duration_ms: int = 100
+    # Larger datagrams are dropped unparsed: 20 ms of any codec we take fits in one MTU.
+    max_packet_bytes: int = 2048
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CallCancelled", "CallLimitReached", "CallRejected", "CallTimedOut",
            "Destination", "DestinationError", "DialError", "Dialer", "OutboundCall",
-           "parse_destination"]
+           "TargetNotAllowed", "parse_destination"]
 
 log = logging.getLogger(__name__)
 SDP = "application/sdp"
@@ -79,6 +79,10 @@ class CallRejected(DialError):
         status = response.status
         self.outcome = ("busy" if status in (486, 600) else "no_answer" if status in (408, 480)
                         else "auth_failed" if status in (401, 403, 407) else "rejected")
+
+
+class TargetNotAllowed(DestinationError):
+    """The target is not one we may call (sip.policy): HTTP 403, no INVITE sent."""
 
 
 class CallTimedOut(DialError):
@@ -380,6 +384,7 @@ class OutboundCall:
                        on_closed=self.dialer.call_closed)
         call.sdp = sdp
         call.auth = self._auth  # trunk credentials, for a challenged REFER
+        call.targets = ep.targets
         ep.calls[dialog.id] = call  # the endpoint routes its in-dialog requests from now on
         ep.metrics.calls_active.labels("sip").inc()
         self.state, self.call = "answered", call
@@ -414,6 +419,12 @@ class Dialer:
         """Check the destination (DestinationError) and make the call object. The handler
         may be set later (`attempt.handler = factory(attempt.info)`), before run()."""
         dest = parse_destination(to, self.trunk)
+        policy = getattr(self.endpoint, "targets", None)
+        if policy is not None and not policy.allowed_target(dest.uri):
+            self.endpoint.metrics.sip_targets_refused_total.labels("dial").inc()
+            log.warning("outbound call to %s refused: not an allowed target", dest.uri)
+            raise TargetNotAllowed(f"calls to {str(dest.uri)[:80]!r} are not allowed "
+                                   "(sip.targets)", 403)
         chosen = tuple(codecs or self.endpoint.settings.codecs)
         unknown = [c for c in chosen if c.lower() not in KNOWN_CODECS]
         if unknown or not chosen:

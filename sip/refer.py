@@ -24,6 +24,7 @@ from sip.dialog import Dialog
 from sip.grammar import SipParseError
 from sip.headers import Address
 from sip.message import SipRequest, make_response
+from sip.policy import TargetPolicy, target_uri
 from sip.registration import DigestClient, uac_metrics, with_deadline
 from sip.transaction import ServerTransaction, TransactionError, TransactionLayer
 from sip.uri import Uri
@@ -31,8 +32,8 @@ from sip.uri import Uri
 if TYPE_CHECKING:
     from sip.call import SipCall
 
-__all__ = ["ReferError", "SipFrag", "SipFragError", "Transfer", "is_refer_event", "on_notify",
-           "refer_to", "transfer_call"]
+__all__ = ["ReferError", "SipFrag", "SipFragError", "Transfer", "TransferNotAllowed",
+           "is_refer_event", "on_notify", "refer_to", "transfer_call"]
 
 log = logging.getLogger(__name__)
 _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6][0-9][0-9])(?: (.*))?")
@@ -46,6 +47,10 @@ class ReferError(TransferError):
         super().__init__(message)
         self.status = status
         self.outcome = outcome  # transfers_total label
+
+
+class TransferNotAllowed(ReferError):
+    """The target is not one we may transfer to (sip.policy): no REFER was sent."""
 
 
 class SipFragError(ValueError):
@@ -204,11 +209,22 @@ def on_notify(call: SipCall | None, request: SipRequest, tx: ServerTransaction) 
 
 async def transfer_call(call: SipCall, target: str, *, transactions: TransactionLayer,
                         clock: Clock, metrics: Metrics, timeout: float = 32.0,
-                        auth: DigestClient | None = None) -> None:
+                        auth: DigestClient | None = None,
+                        policy: TargetPolicy | None = None) -> None:
     """SipCall.transfer: REFER, wait for the outcome, then BYE our leg ("transfer").
-    While it runs `call.refer` is the Transfer, which on_notify feeds."""
+    While it runs `call.refer` is the Transfer, which on_notify feeds. With a policy, a
+    target it does not allow raises TransferNotAllowed before anything is sent."""
     if not call.active:
         raise ReferError("the call has already ended", outcome="refused")
+    if policy is not None:
+        uri = target_uri(target)
+        if uri is not None and not policy.allowed_target(uri):
+            metrics.sip_targets_refused_total.labels("transfer").inc()
+            uac_metrics(metrics).transfers_total.labels("refused").inc()
+            log.warning("call %s: transfer to %s refused: not an allowed target",
+                        call.info.call_id, str(uri)[:80])
+            raise TransferNotAllowed(f"transfers to {target[:80]!r} are not allowed "
+                                     "(sip.targets)", outcome="refused")
     if call.refer is not None:
         raise ReferError("a transfer is already in progress", outcome="refused")
     transfer = Transfer(call.dialog, transactions, clock, metrics=metrics, auth=auth,

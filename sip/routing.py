@@ -67,8 +67,11 @@ class Target:
 
 
 def response_target(via: Via, source: Source | None) -> Target:
-    """RFC 3261 18.2.2 and RFC 3581 4: where the response to a request goes."""
-    transport = via.transport.lower()
+    """RFC 3261 18.2.2 and RFC 3581 4: where the response to a request goes. Always over
+    the transport the request came on, whatever its Via claims: a UDP request with a TCP
+    Via must not make us open connections to ports of the sender's choosing, and a TCP
+    request with a UDP Via is answered on its connection, where the sender listens."""
+    transport = source.transport if source is not None else via.transport.lower()
     port = via.port or DEFAULT_PORT
     host = bare_host(via.host)
     maddr = via.params.get("maddr")

@@ -9,8 +9,9 @@ so the far end never times the call out). RTCP SR/RR every ~5 s.
 Symmetric RTP with strict latching (RTP Bleed, CVE-2017-14099): we send to the SDP
 address until media arrives. A source is learnt only in the first `latch_window` seconds
 (of the call, or after a re-INVITE moves the address) or from the SDP address itself;
-later, a new source is accepted only when it continues the current SSRC with the next few
-sequence numbers (a NAT rebinding). So a stranger cannot steal the stream by spraying.
+later, every other source is dropped and counted (reason "source"), unless the option
+follow_rebinding accepts one that continues the current SSRC with the next few sequence
+numbers (a NAT rebinding). So a stranger cannot steal or inject into the stream.
 """
 
 from __future__ import annotations
@@ -256,6 +257,9 @@ class RtpSession(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple) -> None:  # type: ignore[override]
         if self.closed:
             return
+        if len(data) > self.options.max_packet_bytes:
+            self._drop("too_large")
+            return
         if is_rtcp(data):  # RFC 5761: RTCP may share the RTP port
             self.rtcp_received(data, (addr[0], addr[1]))
             return
@@ -306,7 +310,8 @@ class RtpSession(asyncio.DatagramProtocol):
                 return False
         elif not (
             # The peer moved (NAT rebinding, failover): same stream, next packets.
-            packet.ssrc == self._peer_ssrc
+            self.options.follow_rebinding
+            and packet.ssrc == self._peer_ssrc
             and 0 < seq_diff(packet.sequence, self._peer_seq) <= MAX_LATCH_GAP
         ) and not (learning and source == self._sdp_addr):
             return False
@@ -320,6 +325,9 @@ class RtpSession(asyncio.DatagramProtocol):
 
     def rtcp_received(self, data: bytes, source: Addr) -> None:
         if self.closed:
+            return
+        if len(data) > self.options.max_packet_bytes:
+            self._drop("too_large")
             return
         try:
             packets = rtcp_.parse_compound(data)

@@ -33,6 +33,9 @@ _DIRECTIONS = {
 }
 _BY_FLAGS = {flags: name for name, flags in _DIRECTIONS.items()}
 # RFC 4566 5: order of the session-level and media-level lines we write.
+# A phone call's SDP is well under 2 KB; these bound the work a hostile one can cause.
+MAX_SDP_BYTES = 16 * 1024
+MAX_MEDIA = 16  # m= sections
 _SESSION_ORDER = "vosiuepcbtrzka"
 _MEDIA_ORDER = "micbka"
 
@@ -246,6 +249,8 @@ class SessionDescription:
 
     @classmethod
     def parse(cls, data: bytes | str) -> SessionDescription:
+        if len(data) > MAX_SDP_BYTES:
+            raise SdpError(f"SDP of {len(data)} bytes exceeds {MAX_SDP_BYTES}")
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
         lines = [line.rstrip("\r") for line in text.split("\n")]
         lines = [line for line in lines if line.strip()]
@@ -261,6 +266,8 @@ class SessionDescription:
             key, value = line[0], line[2:].strip()
             section = media[-1] if media else session
             if key == "m":
+                if len(media) >= MAX_MEDIA:
+                    raise SdpError(f"more than {MAX_MEDIA} media sections")
                 media.append(_Section(m=value))
             elif key == "a":
                 attr, colon, rest = value.partition(":")

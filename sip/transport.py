@@ -12,6 +12,7 @@ Responses follow RFC 3261 18.2.2: over TCP back on the connection the request ca
 while it is open, else to received/sent-by; over UDP to received and rport.
 TCP connections nobody uses for `tcp_idle_timeout` seconds are closed; a dialog pins
 its connection with hold()/release() so that our BYE can still reach the caller.
+An optional FloodGuard (sip.flood) drops messages from flooding sources before parsing.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
 
 from media.clock import Clock
 from pipeline.metrics import Metrics
+from sip.flood import FloodGuard
 from sip.framing import KEEPALIVE_PING, KEEPALIVE_PONG, StreamFramer
 from sip.grammar import SipParseError
 from sip.headers import Via
@@ -75,10 +78,11 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Tcp(asyncio.Protocol):
-    """One TCP connection, accepted or opened by us."""
+    """One TCP (or TLS) connection, accepted or opened by us."""
 
-    def __init__(self, owner: SipTransport) -> None:
+    def __init__(self, owner: SipTransport, kind: str = "tcp") -> None:
         self.owner = owner
+        self.kind = kind  # "tcp" | "tls": asyncio does the TLS underneath
         self.id = next(owner._ids)
         self.framer = StreamFramer(owner.limits)
         self.transport: asyncio.Transport | None = None
@@ -95,6 +99,10 @@ class _Tcp(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_used = self.owner.clock.now()
+        guard = self.owner.guard
+        if guard is not None and guard.is_blocked(self.remote[0]):
+            self.close()  # a flooding source gets nothing, not even a parse error
+            return
         try:
             frames = self.framer.feed(data)
         except SipParseError as err:
@@ -110,7 +118,7 @@ class _Tcp(asyncio.Protocol):
 
     @property
     def source(self) -> Source:
-        return Source("tcp", self.remote, self.local, self.id)
+        return Source(self.kind, self.remote, self.local, self.id)
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -142,18 +150,25 @@ class SipTransport:
         limits: Limits = DEFAULT_LIMITS,
         tcp_idle_timeout: float = 120.0,
         max_tcp_connections: int = 2048,
+        guard: FloodGuard | None = None,
+        max_tcp_per_source: int = 64,
     ) -> None:
         self.on_message = on_message
+        self.guard = guard  # per-source flood limits: a blocked source is dropped silently
         self.clock = clock
         self.metrics = metrics
         self.advertised_address = advertised_address
         self.limits = limits
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_tcp_connections = max_tcp_connections
+        self.max_tcp_per_source = max_tcp_per_source  # one address cannot take them all
+        self._per_source: dict[str, int] = {}
         self.listen: Addr = ("0.0.0.0", 0)
         self.transports: tuple[str, ...] = ()
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self.tls_port = 0
         self._ids = itertools.count(1)
         self._conns: dict[int, _Tcp] = {}
         self._by_remote: dict[Addr, int] = {}
@@ -165,10 +180,15 @@ class SipTransport:
     # -- life cycle ----------------------------------------------------------------------
 
     async def start(
-        self, host: str, port: int, transports: tuple[str, ...] = ("udp", "tcp")
+        self, host: str, port: int, transports: tuple[str, ...] = ("udp", "tcp"), *,
+        tls_port: int = 5061, tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        """Bind the listeners. Port 0 picks a free UDP port, and TCP takes the same one."""
+        """Bind the listeners. Port 0 picks a free UDP port, and TCP takes the same one.
+        TLS (inbound only: we answer on the connection, never open one) listens on
+        `tls_port` with `tls_context`."""
         loop = asyncio.get_running_loop()
+        if "tls" in transports and tls_context is None:
+            raise ValueError("SIP over TLS needs a certificate and key (tls_context)")
         if "udp" in transports:
             udp, _ = await loop.create_datagram_endpoint(
                 lambda: _Udp(self), local_addr=(host, port)
@@ -180,10 +200,17 @@ class SipTransport:
                 lambda: _Tcp(self), host, port, reuse_address=True
             )
             port = _addr(self._server.sockets[0].getsockname())[1]
+        if "tls" in transports:
+            self._tls_server = await loop.create_server(
+                lambda: _Tcp(self, "tls"), host, tls_port, ssl=tls_context, reuse_address=True,
+                ssl_handshake_timeout=10.0,
+            )
+            self.tls_port = _addr(self._tls_server.sockets[0].getsockname())[1]
         self.listen = (host, port)
         self.transports = tuple(transports)
         self._sweeper = loop.create_task(self._sweep_idle(), name="sip-tcp-idle")
-        log.info("SIP listening on %s:%d (%s)", host, port, "+".join(transports).upper())
+        log.info("SIP listening on %s:%d (%s)%s", host, port, "+".join(transports).upper(),
+                 f", TLS on {self.tls_port}" if self._tls_server is not None else "")
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -191,16 +218,18 @@ class SipTransport:
             self._sweeper = None
         for task in list(self._tasks) + list(self._connecting.values()):
             task.cancel()
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                server.close()
         for conn in list(self._conns.values()):
             conn.close()
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        if self._server is not None:
-            await self._server.wait_closed()
-            self._server = None
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                await server.wait_closed()
+        self._server = self._tls_server = None
 
     @property
     def port(self) -> int:
@@ -239,7 +268,8 @@ class SipTransport:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         params = Via("UDP", host).params.with_param("branch", branch).with_param("rport")
-        return Via(target.transport.upper(), host, self.port, params)
+        port = self.tls_port if target.transport == "tls" else self.port
+        return Via(target.transport.upper(), host, port, params)
 
     # -- TCP pinning -------------------------------------------------------------------------
 
@@ -278,6 +308,14 @@ class SipTransport:
             if conn is not None:
                 conn.write(data)
                 return
+        elif target.transport == "tls":
+            conn = self._open_conn(target)
+            if conn is not None and conn.kind == "tls":
+                conn.write(data)
+            else:
+                self._fail(on_error, TransportError(
+                    f"no TLS connection open to {target.host}:{target.port}"))
+            return
         else:
             self._fail(on_error, TransportError(f"transport {target.transport!r} not supported"))
             return
@@ -355,6 +393,8 @@ class SipTransport:
 
     def deliver(self, data: bytes, source: Source) -> None:
         """One message's bytes from a socket (or a test): parse, stamp, hand up."""
+        if self.guard is not None and not self.guard.admit(source.remote[0], data):
+            return  # flooding, or blocked for it: no answer, counted by the guard
         try:
             message = parse_message(data, self.limits)
             if isinstance(message, SipRequest):
@@ -370,6 +410,8 @@ class SipTransport:
 
     def _parse_failed(self, err: SipParseError, source: Source) -> None:
         self.metrics.sip_parse_errors_total.labels(source.transport).inc()
+        if self.guard is not None and not self.guard.malformed(source.remote[0]):
+            return  # one malformed message too many: the source is blocked, unanswered
         response = error_response(err)
         log.info("malformed SIP from %s %s:%d: %s%s", source.transport.upper(), *source.remote,
                  err, "" if response else " (dropped)")
@@ -381,16 +423,34 @@ class SipTransport:
         self.send(bytes(response), target)
 
     def _tcp_opened(self, conn: _Tcp) -> None:
+        ip = conn.remote[0]
+        if self.guard is not None and self.guard.is_blocked(ip):
+            conn.close()  # blocked for flooding: silently
+            return
         if len(self._conns) >= self.max_tcp_connections:
             log.warning("SIP TCP connection from %s:%d refused: %d open",
                         *conn.remote, len(self._conns))
             conn.close()
             return
+        if self._per_source.get(ip, 0) >= self.max_tcp_per_source:
+            log.debug("SIP TCP connection from %s:%d refused: %d open from there",
+                      *conn.remote, self.max_tcp_per_source)
+            self.metrics.sip_flood_dropped_total.labels("other", "connections").inc()
+            conn.close()
+            return
+        self._per_source[ip] = self._per_source.get(ip, 0) + 1
         self._conns[conn.id] = conn
         self._by_remote[conn.remote] = conn.id
 
     def _tcp_closed(self, conn: _Tcp) -> None:
-        self._conns.pop(conn.id, None)
+        if self._conns.pop(conn.id, None) is None:
+            return  # refused in _tcp_opened: never counted
+        ip = conn.remote[0]
+        left = self._per_source.get(ip, 1) - 1
+        if left > 0:
+            self._per_source[ip] = left
+        else:
+            self._per_source.pop(ip, None)
         if self._by_remote.get(conn.remote) == conn.id:
             del self._by_remote[conn.remote]
 

@@ -16,10 +16,15 @@ from media.pacer import Pacer
 from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
+from sip.flood import MALFORMED, FloodLimits, Rate
+from sip.grammar import SipParseError
+from sip.message import Limits
+from sip.policy import TargetPolicy, listed_targets
 from sip.server import SipServer, SipServerConfig
+from sip.uri import parse_hostport
 from streams import StreamDoors
 from switchboard.agents import Agents
-from switchboard.config import Config, SipConfig
+from switchboard.config import Config, FloodConfig, SipConfig
 from switchboard.console import ActiveCalls, Console
 from switchboard.dial import OutboundCalls
 from switchboard.dialplans import DialplanReloader
@@ -111,6 +116,15 @@ class Switchboard:
         dialplan's agents, or config.agent without one."""
         return self.agents.names()
 
+    def _transfer_targets(self) -> list[str]:
+        """Where the current dialplan may transfer calls: agents' transfer_to and the
+        targets of their transfer actions (sip.policy allows exactly these)."""
+        targets = []
+        for agent in self.agents.plan.agents.values():
+            targets += [agent.transfer_to] if agent.transfer_to else []
+            targets += [a.target for a in agent.actions() if a.do == "transfer" and a.target]
+        return targets
+
     async def reload_dialplan(self, why: str = "request") -> bool:
         """Read the dialplan file again (SIGHUP does this). False: refused, old plan kept."""
         if self.reloader is None:
@@ -149,6 +163,8 @@ class Switchboard:
         self.pacer.start()
         self.sip = SipServer(_sip_server_config(self.config.sip), handler_factory=self.handler_for,
                              clock=self.clock, metrics=self.metrics, pacer=self.pacer)
+        if self.sip.endpoint.targets is not None:  # the dialplan's transfer targets are allowed
+            self.sip.endpoint.targets.add_rule(listed_targets(self._transfer_targets))
         await self.sip.start()
         await self.outbound.start(self.sip)
         await self.streams.start(self.pacer)  # stream doors share the SIP side's pacer
@@ -263,4 +279,36 @@ def _sip_server_config(sip: SipConfig) -> SipServerConfig:
             nonce_ttl=sip.nonce_ttl,
             auth_secret=sip.auth_secret.encode() if sip.auth_secret else None,
         ),
+        flood=_flood_limits(sip.flood, sip.trusted_networks),
+        targets=_target_policy(sip),
+        limits=Limits(max_message=sip.max_message_bytes),
+        rtp_follow_rebinding=sip.rtp_follow_rebinding,
+        tls_port=sip.tls_port, tls_cert_file=sip.tls_cert_file, tls_key_file=sip.tls_key_file,
+    )
+
+
+def _target_policy(sip: SipConfig) -> TargetPolicy:
+    hosts: list[str] = []
+    if sip.trunk is not None:
+        for name in (sip.trunk.registrar, sip.trunk.domain):
+            if name:
+                try:
+                    hosts.append(parse_hostport(name.strip())[0])
+                except SipParseError:
+                    pass  # the registrar is checked where the trunk is set up
+    t = sip.targets
+    return TargetPolicy(numbers=t.numbers, allowed=t.allowed, denied=t.denied, trunk_hosts=hosts)
+
+
+def _flood_limits(flood: FloodConfig, trusted: list[str]) -> FloodLimits:
+    exempt = [*flood.exempt_networks, *(trusted if flood.exempt_trusted else [])]
+    return FloodLimits(
+        enabled=flood.enabled,
+        rates={"INVITE": Rate(flood.invite_per_second, flood.invite_burst),
+               "REGISTER": Rate(flood.register_per_second, flood.register_burst),
+               "OPTIONS": Rate(flood.options_per_second, flood.options_burst),
+               "other": Rate(flood.other_per_second, flood.other_burst),
+               MALFORMED: Rate(flood.malformed_per_second, flood.malformed_burst)},
+        block_seconds=flood.block_seconds, max_sources=flood.max_sources,
+        exempt_networks=tuple(dict.fromkeys(exempt)),
     )

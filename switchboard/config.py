@@ -54,10 +54,54 @@ class TrunkConfig(_Section):
     registration: bool = True  # REGISTER with the trunk (false: IP-authenticated trunk)
 
 
+class FloodConfig(_Section):
+    """Per-source limits (like Kamailio's pike): a source over a method's rate is blocked,
+    every message from it dropped silently, for block_seconds. Rates are sustained
+    requests per second; bursts the requests allowed at once."""
+
+    enabled: bool = True
+    invite_per_second: float = Field(default=10.0, gt=0)
+    invite_burst: int = Field(default=50, ge=1)
+    register_per_second: float = Field(default=5.0, gt=0)
+    register_burst: int = Field(default=20, ge=1)
+    options_per_second: float = Field(default=10.0, gt=0)
+    options_burst: int = Field(default=50, ge=1)
+    other_per_second: float = Field(default=50.0, gt=0)  # every other request (BYE, MESSAGE...)
+    other_burst: int = Field(default=200, ge=1)
+    malformed_per_second: float = Field(default=5.0, gt=0)  # messages that fail to parse
+    malformed_burst: int = Field(default=20, ge=1)
+    block_seconds: float = Field(default=60.0, gt=0, le=86400)
+    max_sources: int = Field(default=10_000, ge=100, le=10_000_000)  # bounds the tables
+    # Never limited; add the address of a SIP proxy in front of Switchboard.
+    exempt_networks: list[str] = ["127.0.0.1/32", "::1/128"]
+    # sip.trusted_networks (the trunk, the PBX: one address carrying every call) are not
+    # limited either; false limits them too.
+    exempt_trusted: bool = True
+
+    @field_validator("exempt_networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        return _check_cidrs(v)
+
+
+class TargetsConfig(_Section):
+    """Who Switchboard may call (POST /calls) or transfer to (REFER), against toll fraud
+    (sip.policy). Patterns are globs: "+4420*" for numbers, "sip:*@pbx.example.com"."""
+
+    numbers: bool = True  # phone numbers through the configured trunk (unless denied)
+    # Direct SIP URIs allowed; loopback by default (another local Switchboard, tests).
+    allowed: list[str] = ["sip:*@127.0.0.1", "sip:*@localhost", "sip:*@::1"]
+    denied: list[str] = []  # checked first: e.g. premium-rate prefixes "+1900*"
+
+
 class SipConfig(_Section):
     listen: str = "0.0.0.0"
     port: int = Field(default=5060, ge=1, le=65535)
-    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp"]
+    # SIP over TLS (inbound: answered on the caller's connection): "tls" in transports.
+    tls_port: int = Field(default=5061, ge=1, le=65535)
+    tls_cert_file: str | None = None  # PEM certificate (chain)
+    tls_key_file: str | None = None  # PEM private key
     advertised_address: str | None = None  # public address for SDP and Contact behind NAT
     codecs: list[Literal["PCMU", "PCMA", "opus"]] = ["PCMU", "PCMA", "opus"]
     rtp_port_min: int = Field(default=20000, ge=1024, le=65534)
@@ -66,6 +110,9 @@ class SipConfig(_Section):
     trusted_networks: list[str] = ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12",
                                    "192.168.0.0/16"]
     media_timeout: float = Field(default=30.0, gt=0)  # hang up after this long without RTP
+    # RTP is latched to the first source; true also follows a source that continues the
+    # same stream from a new address (NAT rebinding) instead of dropping it.
+    rtp_follow_rebinding: bool = False
     ring_seconds: float = Field(default=0.0, ge=0, le=60)  # 180 Ringing this long before 200
     timer_t1: float = Field(default=0.5, gt=0, le=10)  # RFC 3261 T1 (RTT estimate)
     timer_t2: float = Field(default=4.0, gt=0, le=60)  # RFC 3261 T2 (max non-INVITE retransmit)
@@ -82,6 +129,10 @@ class SipConfig(_Section):
     # The nonces' HMAC key; unset: random per process (a restart voids outstanding nonces).
     auth_secret: str | None = Field(default=None, repr=False, min_length=16)
     trunk: TrunkConfig | None = None
+    # The largest SIP message taken (UDP datagram or TCP frame): larger ones get 513/413.
+    max_message_bytes: int = Field(default=65536, ge=4096, le=1 << 20)
+    flood: FloodConfig = FloodConfig()  # per-source rate limits (sip.flood)
+    targets: TargetsConfig = TargetsConfig()  # allowed call and transfer targets (sip.policy)
 
     @field_validator("trusted_networks")
     @classmethod
@@ -116,6 +167,8 @@ class SipConfig(_Section):
     def _port_range(self) -> SipConfig:
         if self.rtp_port_max - self.rtp_port_min < 2:
             raise ValueError("rtp_port_max must be at least rtp_port_min + 2")
+        if "tls" in self.transports and not (self.tls_cert_file and self.tls_key_file):
+            raise ValueError("transport tls needs sip.tls_cert_file and sip.tls_key_file")
         return self
 
 

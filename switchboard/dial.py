@@ -43,8 +43,15 @@ from pipeline.leg import FRAME_BYTES, FRAME_MS, PIPELINE_RATE, CallHandler, Call
 from pipeline.metrics import Metrics
 from sip.call import SipCall
 from sip.endpoint import CallRefused, EndpointSettings
-from sip.outbound import DestinationError, Dialer, DialError, OutboundCall, parse_destination
-from sip.refer import ReferError
+from sip.outbound import (
+    DestinationError,
+    Dialer,
+    DialError,
+    OutboundCall,
+    TargetNotAllowed,
+    parse_destination,
+)
+from sip.refer import ReferError, TransferNotAllowed
 from sip.registration import Registration, TrunkAccount
 from sip.server import SipServer, SipServerConfig
 from sip.transport import Target
@@ -374,11 +381,13 @@ class OutboundCalls:
         dialer = self.dialer
         if dialer is None:
             raise ApiError(503, "SIP is not running")
+        self._check_agent(agent)  # bad input is a 400 even at the call limit
         try:
             attempt = dialer.prepare(to)
+        except TargetNotAllowed as e:
+            raise ApiError(403, str(e)) from None
         except DestinationError as e:
             raise ApiError(400, str(e)) from None
-        self._check_agent(agent)  # bad input is a 400 even at the call limit
         ep = dialer.endpoint
         if ep.load + len(dialer.pending) >= ep.settings.max_calls or not ep.accepting:
             raise ApiError(503, f"at the call limit ({ep.settings.max_calls} calls)"
@@ -409,6 +418,8 @@ class OutboundCalls:
             raise ApiError(409, f"call {call_id!r} has already ended ({call.reason})")
         try:
             await call.transfer(target)
+        except TransferNotAllowed as e:
+            raise ApiError(403, str(e)) from None
         except ReferError as e:
             raise ApiError(502, str(e), sip_status=e.status) from None
         return {"call_id": call_id, "transferred_to": target}

@@ -150,6 +150,7 @@ class InlineWorker:
         self.gate: asyncio.Event | None = None  # one-shot jobs wait for it
         self.jobs = 0
         self.depth = 0
+        self.log: list[str] = []  # "pause", "resume", "item" of stream jobs, in order
 
     def _admit(self) -> None:
         if self.refuse:
@@ -181,11 +182,23 @@ class InlineStream:
         self._job = job
         self._gen: Iterator[Any] | None = None
         self._done = False
+        self._running = asyncio.Event()
+        self._running.set()
 
     def cancel(self) -> None:
         self._done = True
+        self._running.set()
         if self._gen is not None:
             self._gen.close()  # type: ignore[attr-defined]
+
+    def pause(self) -> None:
+        self._worker.log.append("pause")
+        self._running.clear()
+
+    def resume(self) -> None:
+        if not self._running.is_set():
+            self._worker.log.append("resume")
+        self._running.set()
 
     def __aiter__(self) -> InlineStream:
         return self
@@ -194,6 +207,7 @@ class InlineStream:
         try:
             while True:
                 await asyncio.sleep(0)
+                await self._running.wait()
                 if self._done:
                     raise StopAsyncIteration
                 if self._gen is None:
@@ -206,6 +220,7 @@ class InlineStream:
                 if isinstance(item, Hold):
                     await item.event.wait()
                     continue
+                self._worker.log.append("item")
                 return item
         except BaseException:
             self.cancel()

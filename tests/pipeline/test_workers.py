@@ -285,3 +285,57 @@ async def test_real_tts_stream_cancelled_mid_answer(piper_tts: PiperTts, metrics
         assert len(short) > 0
     finally:
         w.close()
+
+
+async def test_a_paused_stream_produces_nothing_until_resumed(worker: ModelWorker) -> None:
+    produced: list[int] = []
+    go = threading.Event()
+
+    def counting() -> Iterator[int]:
+        for n in range(6):
+            if n == 1:
+                assert go.wait(WAIT)  # like a token still being computed when pause() comes
+            produced.append(n)
+            yield n
+
+    stream = worker.stream(counting)
+    assert await anext(stream) == 0
+    stream.pause()
+    assert stream.paused
+    go.set()  # the item in progress completes; no next one is asked for
+    assert await anext(stream) == 1
+    for _ in range(5):  # several thread hand-offs: nothing more is produced
+        await asyncio.to_thread(lambda: None)
+    assert produced == [0, 1]
+    stream.resume()
+    assert not stream.paused
+    rest = [n async for n in stream]
+    assert [0, 1, *rest] == list(range(6))
+
+
+async def test_cancel_and_close_wake_a_paused_stream(metrics: Metrics) -> None:
+    for ending in ("cancel", "close"):
+        w = ModelWorker("llm", threads=1, max_queue=1, metrics=metrics)
+        closed = threading.Event()
+
+        def endless(closed: threading.Event = closed) -> Iterator[int]:
+            try:
+                n = 0
+                while True:
+                    yield n
+                    n += 1
+            finally:
+                closed.set()
+
+        stream = w.stream(endless)
+        await anext(stream)
+        stream.pause()
+        if ending == "cancel":
+            stream.cancel()
+            assert await asyncio.to_thread(closed.wait, WAIT)  # the generator was closed
+            assert await asyncio.wait_for(w.submit(lambda: "next"), WAIT) == "next"
+            w.close()
+        else:
+            await w.aclose(timeout_s=WAIT)
+            assert await asyncio.to_thread(closed.wait, WAIT)
+        assert not any(t.is_alive() for t in w._threads), ending

@@ -300,6 +300,8 @@ def test_server_accepts_legacy_no_qop() -> None:
     server = DigestServer("switchboard", SECRET, algorithms=("MD5",))
     legacy = answer(server.new_nonce(1.0), algorithm="MD5", qop=())
     assert legacy.qop is None and check(server, legacy, 2.0) is AuthResult.OK
+    # Without nc a replay cannot be told from a retry: the nonce is good for one request.
+    assert check(server, legacy, 3.0) is AuthResult.STALE
 
 
 def test_server_memory_is_bounded() -> None:

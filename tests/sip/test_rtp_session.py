@@ -339,7 +339,7 @@ async def test_stranger_after_learning_window_is_dropped(make_call) -> None:
 
 
 async def test_moved_source_continuing_the_stream_is_latched(make_call) -> None:
-    call: Call = await make_call()
+    call: Call = await make_call(follow_rebinding=True)
     await call.deliver(call.packet())
     call.tick(110)
     moved = udp_socket()

@@ -87,6 +87,11 @@ def test_response_target_follows_received_and_rport() -> None:
     via = Via.parse("SIP/2.0/TCP 10.0.0.1:5070;branch=z9hG4bKa;received=203.0.113.5")
     src = Source("tcp", ("203.0.113.5", 51000), ("192.0.2.1", 5060), connection=9)
     assert response_target(via, src) == Target("tcp", "203.0.113.5", 5070, 9)
+    # The transport the request came on wins over what its Via claims.
+    udp_via = Via.parse("SIP/2.0/UDP 10.0.0.1:5070;branch=z9hG4bKa;received=203.0.113.5")
+    assert response_target(udp_via, src) == Target("tcp", "203.0.113.5", 5070, 9)
+    over_udp = Source("udp", ("203.0.113.5", 51000), ("192.0.2.1", 5060))
+    assert response_target(via, over_udp) == Target("udp", "203.0.113.5", 5070)
 
 
 async def test_udp_request_is_stamped_and_answered_to_rport(server, udp_peer) -> None:  # type: ignore[no-untyped-def]
