@@ -11,7 +11,7 @@ from sip.grammar import SipParseError
 from sip.message import SipRequest, error_response, make_response, parse_message
 
 MAX_LEN = 16384
-MORE_SEEDS = ("tests/sip/fixtures/rfc4475",)
+MORE_SEEDS = ("tests/sip/fixtures/rfc4475", "tests/sip/torture")
 
 
 def test_one_input(data: bytes) -> None:
