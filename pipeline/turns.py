@@ -49,9 +49,13 @@ class ConversationSettings:
     # A spoken answer is short: stop generating after this many sentences, which frees
     # the shared LLM worker for the next caller instead of writing what nobody hears.
     max_sentences: int = 2
+    # When other calls wait for the LLM, stop after this many sentences: on a busy box a
+    # shorter answer now beats a long one that makes the next caller wait.
+    max_sentences_when_busy: int = 1
     # Hold the LLM while the first chunk is synthesized: on a small box the two share the
     # CPU, and the caller waits for that chunk's audio, not for the next chunk's tokens
-    # (which are ready long before the first chunk has played). At most this long.
+    # (which are ready long before the first chunk has played). At most this long; not
+    # when other calls wait for the LLM.
     llm_pause_for_first_audio_s: float = 1.0
     temperature: float = 0.3
     history_turns: int = 8
@@ -311,7 +315,7 @@ class TurnRunner:
 
         def pause_until_first_audio() -> None:
             limit = s.llm_pause_for_first_audio_s
-            if limit <= 0 or stream is None:
+            if limit <= 0 or stream is None or e.llm_worker.depth > 0:
                 return
             stream.pause()
             turn.resume_llm = stream.resume
@@ -345,7 +349,9 @@ class TurnRunner:
                     put(chunker.push(sanitizer.feed(piece)))
                     if speaking.done():  # TTS failed: stop generating, report its error
                         return
-                    if sentences >= s.max_sentences:
+                    if sentences >= s.max_sentences or (
+                        sentences >= s.max_sentences_when_busy and e.llm_worker.depth > 0
+                    ):
                         break  # leaving the stream cancels the generation
                 else:
                     put(chunker.push(sanitizer.flush()))

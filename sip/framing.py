@@ -33,6 +33,11 @@ class StreamFramer:
     def __init__(self, limits: Limits = DEFAULT_LIMITS) -> None:
         self._limits = limits
         self._buffer = bytearray()
+        # Progress kept between feeds, so that a peer trickling bytes one at a time costs
+        # linear CPU, not a rescan of the whole buffer per byte: how far the buffer holds
+        # no blank line, and the length of the message whose header is complete.
+        self._searched = 0
+        self._total: int | None = None
 
     @property
     def buffered(self) -> int:
@@ -49,21 +54,47 @@ class StreamFramer:
 
     def _next_frame(self) -> bytes | None:
         buffer = self._buffer
-        while True:
+        if self._total is None:
+            if not self._skip_keepalives():
+                return None
             if buffer.startswith(KEEPALIVE_PING):
                 del buffer[:4]
+                self._searched = 0
                 return KEEPALIVE_PING
+            self._total = self._frame_length()
+            if self._total is None:
+                return None
+        total = self._total
+        if len(buffer) < total:
+            return None
+        frame = bytes(buffer[:total])
+        del buffer[:total]
+        self._searched, self._total = 0, None
+        return frame
+
+    def _skip_keepalives(self) -> bool:
+        """Drop CRLFs before a message; False while a lone CR may start a ping."""
+        buffer = self._buffer
+        while not buffer.startswith(KEEPALIVE_PING):
             if buffer[:1] == b"\n":
                 del buffer[:1]
             elif buffer.startswith(b"\r\n") and buffer[2:3] not in (b"", b"\r"):
                 del buffer[:2]  # a pong, or a stray CRLF between messages (RFC 3261 7.5)
             elif buffer[:1] == b"\r" and len(buffer) < 4:
-                return None  # perhaps the start of a ping
+                return False  # perhaps the start of a ping
             else:
-                break
-        match = _HEAD_END.search(buffer)
+                return True
+            self._searched = 0
+        return True
+
+    def _frame_length(self) -> int | None:
+        """The whole message's length once its header section is in, else None."""
+        buffer = self._buffer
+        # A blank line (2 to 4 bytes) not found last time starts at most 3 bytes back.
+        match = _HEAD_END.search(buffer, max(0, self._searched - 3))
         limit = self._limits.max_message
         if match is None:
+            self._searched = len(buffer)
             if len(buffer) > limit:
                 raise SipParseError(f"header section exceeds {limit} bytes", 513)
             return None
@@ -78,11 +109,7 @@ class StreamFramer:
         total = match.end() + int(text)
         if total > limit:
             raise self._error(head, f"message of {total} bytes exceeds {limit}", 413)
-        if len(buffer) < total:
-            return None
-        frame = bytes(buffer[:total])
-        del buffer[:total]
-        return frame
+        return total
 
     def _error(self, head: bytes, reason: str, status: int) -> SipParseError:
         _, headers, _, _ = parse_head(head + b"\r\n\r\n", self._limits)

@@ -44,6 +44,12 @@ def _direction(send: bool, recv: bool) -> str:
     return _BY_FLAGS[(send, recv)]
 
 
+def _small_int(text: str, digits: int) -> int | None:
+    """ASCII decimal of at most `digits` digits, else None: int() alone takes '٣' and ' 7',
+    and raises ValueError (not SdpError) past 4300 digits."""
+    return int(text) if len(text) <= digits and text.isascii() and text.isdigit() else None
+
+
 def _int(text: str, what: str, maximum: int) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 20 or int(text) > maximum:
         raise SdpError(f"bad {what}: {text[:40]!r}")
@@ -86,7 +92,10 @@ class Connection:
         if len(parts) != 3:
             raise SdpError(f"c= needs 3 fields: {text[:60]!r}")
         # Multicast TTL / address count ("224.2.1.1/127/3") are not ours to use.
-        return cls(parts[2].split("/")[0], parts[0], parts[1])
+        address = parts[2].split("/")[0]
+        if not address:
+            raise SdpError(f"c= without an address: {text[:60]!r}")
+        return cls(address, parts[0], parts[1])
 
     @classmethod
     def for_address(cls, address: str) -> Connection:
@@ -188,8 +197,8 @@ class MediaDescription:
     @property
     def rtcp_port(self) -> int | None:
         """RFC 3605 a=rtcp:<port> [address]."""
-        value = (self.attribute("rtcp") or "").split(" ")[0]
-        return int(value) if value.isascii() and value.isdigit() and int(value) < 65536 else None
+        port = _small_int((self.attribute("rtcp") or "").split(" ")[0], 5)
+        return port if port is not None and port < 65536 else None
 
     def codecs(self) -> tuple[Codec, ...]:
         """The formats as codecs, in the order listed; unknown ones are left out."""
@@ -197,7 +206,7 @@ class MediaDescription:
         for value in self.attributes_named("rtpmap"):
             pt, _, encoding = value.partition(" ")
             parts = encoding.strip().split("/")
-            if len(parts) in (2, 3) and all(p.isascii() and p.isdigit() for p in parts[1:]):
+            if len(parts) in (2, 3) and all(_small_int(p, 9) is not None for p in parts[1:]):
                 channels = int(parts[2]) if len(parts) == 3 and parts[2] else 1
                 rtpmaps[pt] = (parts[0], int(parts[1]), channels)
         fmtps = {}
@@ -206,7 +215,8 @@ class MediaDescription:
             fmtps[pt] = params.strip()
         out = []
         for fmt in self.formats:
-            if not (fmt.isascii() and fmt.isdigit()) or int(fmt) > 127:
+            number = _small_int(fmt, 3)
+            if number is None or number > 127:
                 continue
             if fmt in rtpmaps:
                 name, rate, channels = rtpmaps[fmt]

@@ -100,6 +100,8 @@ class Uri:
             if not number:
                 raise SipParseError(f"tel URI without a number: {snippet(text)}")
             return cls(scheme, user=_unescape(number), params=_uri_params(param_text))
+        if any(ch in rest for ch in '<>"'):  # printed back raw: a '>' would end <...> early
+            raise SipParseError(f"'<', '>' or '\"' in URI: {snippet(text)}")
         return cls(scheme, opaque=rest)
 
     @classmethod

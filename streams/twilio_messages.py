@@ -214,7 +214,7 @@ class Media:
             raise TwilioMessageError(f"{w}.payload must be a base64 string, got {_kind(encoded)}")
         try:
             payload = binascii.a2b_base64(encoded, strict_mode=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or a non-ASCII character in the string
             raise TwilioMessageError(f"{w}.payload is not valid base64: {exc}") from None
         if not payload:
             raise TwilioMessageError(f"{w}.payload is empty")

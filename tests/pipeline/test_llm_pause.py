@@ -48,3 +48,13 @@ async def test_no_pause_when_the_limit_is_zero() -> None:
     await c.until_listening()
     assert "pause" not in c.workers["llm"].log
     assert c.history()[-1]["content"] == "We open at nine, on Saturday morning. See you then!"
+
+
+async def test_when_others_wait_for_the_llm_no_pause_and_one_sentence() -> None:
+    c = Call(ScriptedAsr("When do you open?"), ScriptedLlm(TOKENS))
+    await c.start()
+    c.workers["llm"].depth = 2  # two other calls' jobs are queued
+    await c.say(1.0, pause=0.6)
+    await c.until_listening()
+    assert "pause" not in c.workers["llm"].log
+    assert c.history()[-1]["content"] == "We open at nine, on Saturday morning."
