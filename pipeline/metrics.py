@@ -230,3 +230,15 @@ class Metrics:
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0), registry=r,
         )
         self.ready = Gauge(p + "ready", "1 when models are loaded and calls are taken", registry=r)
+        # What the soak test (loadtest.soak) watches for leaks; read at scrape time
+        # (switchboard.app sets their functions).
+        self.asyncio_tasks = Gauge(
+            p + "asyncio_tasks", "Tasks alive on the event loop", registry=r
+        )
+        self.python_threads = Gauge(
+            p + "python_threads", "Python threads alive (native pool threads not counted)",
+            registry=r,
+        )
+        self.rtp_ports_in_use = Gauge(
+            p + "rtp_ports_in_use", "RTP ports allocated to SIP calls", registry=r
+        )

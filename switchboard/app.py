@@ -6,6 +6,7 @@ import asyncio
 import gc
 import logging
 import signal
+import threading
 
 from aiohttp import web
 
@@ -169,6 +170,7 @@ class Switchboard:
         await self.outbound.start(self.sip)
         await self.streams.start(self.pacer)  # stream doors share the SIP side's pacer
         self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
+        self._watch_resources(asyncio.get_running_loop())
         if self.reloader is not None:
             self.reloader.start()  # new calls follow the file when it changes
             log.info("dialplan %s: %d agents, %d routes (reload: SIGHUP or edit the file)",
@@ -185,6 +187,14 @@ class Switchboard:
             now = self.clock.now()
             self.metrics.event_loop_lag_seconds.observe(max(0.0, now - next_at))
             next_at = max(next_at + period, now)
+
+    def _watch_resources(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Gauges read at scrape time (on the loop): what a leak would make grow."""
+        m = self.metrics
+        m.asyncio_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        m.python_threads.set_function(threading.active_count)
+        m.rtp_ports_in_use.set_function(
+            lambda: self.sip.ports.in_use if self.sip is not None else 0)
 
     async def stop(self) -> None:
         self._ready = False

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +55,9 @@ class Server:
 
 @contextmanager
 def switchboard(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-                ready_timeout: float = 120.0) -> Iterator[Server]:
-    """Start `switchboard serve ARGS` on free loopback ports; wait for /readyz; stop it."""
+                ready_timeout: float = 120.0, prefix: Sequence[str] = ()) -> Iterator[Server]:
+    """Start `switchboard serve ARGS` on free loopback ports; wait for /readyz; stop it.
+    `prefix`: a command that execs the rest (same process), e.g. unshare."""
     http_port, sip_port = free_port(), free_port()
     full_env = {**os.environ, "SWITCHBOARD_HTTP__PORT": str(http_port),
                 "SWITCHBOARD_HTTP__LISTEN": "127.0.0.1", "SWITCHBOARD_SIP__PORT": str(sip_port),
@@ -68,7 +69,7 @@ def switchboard(tmp_path: Path, *args: str, env: dict[str, str] | None = None,
                 **(env or {})}
     log_path = tmp_path / f"switchboard-{sip_port}.log"
     logf = log_path.open("w")
-    proc = subprocess.Popen([EXE, "serve", *args], env=full_env, stdout=logf,
+    proc = subprocess.Popen([*prefix, EXE, "serve", *args], env=full_env, stdout=logf,
                             stderr=subprocess.STDOUT, text=True)
     server = Server(proc, http_port, sip_port, log_path)
     try:

@@ -236,3 +236,37 @@ class FakeOllama:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000000000Z", time.gmtime())
+
+
+def main() -> None:
+    """The fake as a process of its own, so a test can kill it (SIGKILL) mid-answer:
+
+        python -m tests.pipeline.fake_ollama REPLY_PIECE...
+
+    prints its URL, then "streaming" each time an answer stream starts; a line on stdin
+    sets the mode for the next requests ("hang 4": four pieces, then nothing)."""
+    import sys
+
+    server = FakeOllama()
+    server.start()
+    if len(sys.argv) > 1:
+        server.reply = tuple(sys.argv[1:])
+    print(server.url, flush=True)
+
+    def watch() -> None:
+        seen = 0
+        while True:
+            chats = [b for path, b in server.requests if path == "/api/chat" and b.get("messages")]
+            for _ in chats[seen:]:
+                print("streaming", flush=True)
+            seen = len(chats)
+            time.sleep(0.01)
+
+    threading.Thread(target=watch, daemon=True).start()
+    for line in sys.stdin:  # ends when the test closes stdin (or kills us)
+        mode, _, after = line.strip().partition(" ")
+        server.mode, server.fail_after = mode or "ok", int(after or 2)
+
+
+if __name__ == "__main__":
+    main()
