@@ -240,14 +240,15 @@ class RecordWriter:
             self._backoff = self.retry_min
             recovered, self.failing, self.last_error = self.failing, None, None
             self._metrics.records_pending.set(len(self._pending))
+            # Before waking flush(): whoever waited may look for the file at once.
+            if self._spill_done_at is not None and self._done >= self._spill_done_at:
+                self._spill_done_at = None
+                assert self.spill_path is not None
+                self.spill_path.unlink(missing_ok=True)  # all in the database now
             self._cond.notify_all()
         if recovered is not None:
             log.info("call records: writing again after %s", recovered)
             self._logged.clear()
-        if self._spill_done_at is not None and self._done >= self._spill_done_at:
-            self._spill_done_at = None
-            assert self.spill_path is not None
-            self.spill_path.unlink(missing_ok=True)  # all in the database now
 
     def _failed(self, exc: RecordStoreError) -> None:
         self._count_error(exc.kind, str(exc))
