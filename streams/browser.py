@@ -28,8 +28,6 @@ none, only loopback clients are served, so the console is local until a token is
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 import logging
 import uuid
@@ -41,6 +39,7 @@ from aiohttp import WSMsgType, web
 
 from media.l16 import check_l16_le
 from pipeline.leg import CallHandler, CallInfo
+from streams.auth import is_loopback, token_accepted
 from streams.browser_events import ConsoleEvents, state_message
 from streams.context import StreamContext
 from streams.leg import Pacing, StreamLeg
@@ -104,22 +103,11 @@ def _json_object(text: str) -> dict[str, Any]:
     return data
 
 
-def _is_loopback(remote: str | None) -> bool:
-    try:
-        return remote is not None and ipaddress.ip_address(remote).is_loopback
-    except ValueError:
-        return False
-
-
 def console_access(request: web.Request, token: str) -> bool:
     """May this request use the console? See the module docstring."""
     if not token:
-        return _is_loopback(request.remote)
-    auth = request.headers.get("Authorization", "")
-    offered = (request.query.get("token", ""), request.headers.get("X-Switchboard-Token", ""),
-               auth[7:] if auth[:7].lower() == "bearer " else "")
-    expected = token.encode()
-    return any(o and hmac.compare_digest(o.encode(), expected) for o in offered)
+        return is_loopback(request.remote)
+    return token_accepted(request, (token,))
 
 
 def _dumps(message: Mapping[str, Any]) -> str:

@@ -24,7 +24,6 @@ or `X-Switchboard-Token` (set with STREAM_EXTRA_HEADERS); otherwise 403.
 from __future__ import annotations
 
 import binascii
-import hmac
 import json
 import logging
 import uuid
@@ -35,6 +34,7 @@ from aiohttp import WSMsgType, web
 
 from media.l16 import check_l16_le
 from pipeline.leg import CallHandler, CallInfo
+from streams.auth import token_accepted
 from streams.context import StreamContext
 from streams.leg import DTMF_DIGITS, Pacing, StreamLeg
 from streams.wsout import WsOutbox, accept_websocket, close_code
@@ -147,16 +147,7 @@ class FreeswitchDoor:
 
     def _authorised(self, request: web.Request) -> bool:
         token = self.settings.token
-        if not token:
-            return True
-        auth = request.headers.get("Authorization", "")
-        offered = [
-            request.query.get("token", ""),
-            request.headers.get("X-Switchboard-Token", ""),
-            auth[7:] if auth[:7].lower() == "bearer " else "",
-        ]
-        expected = token.encode()
-        return any(o and hmac.compare_digest(o.encode(), expected) for o in offered)
+        return not token or token_accepted(request, (token,))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not self._authorised(request):

@@ -15,8 +15,6 @@ loopback clients when none is: placing calls on the trunk is never open to the w
 
 from __future__ import annotations
 
-import hmac
-import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -25,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline.metrics import Metrics
+from streams.auth import is_loopback, token_accepted
 
 
 def build_http_app(metrics: Metrics, readiness: Callable[[], dict[str, object]]) -> web.Application:
@@ -99,17 +98,9 @@ def api_access(request: web.Request, tokens: Sequence[str]) -> bool:
     """May this request use the calls API? With tokens configured, it must offer one
     (Authorization: Bearer, X-Switchboard-Token, or ?token=); without, it must come from
     loopback: POST /calls places calls on the trunk, so it is never open to the world."""
-    tokens = [t for t in tokens if t]
-    if not tokens:
-        try:
-            return request.remote is not None and ipaddress.ip_address(request.remote).is_loopback
-        except ValueError:
-            return False
-    auth = request.headers.get("Authorization", "")
-    offered = [o for o in (request.query.get("token", ""),
-                           request.headers.get("X-Switchboard-Token", ""),
-                           auth[7:] if auth[:7].lower() == "bearer " else "") if o]
-    return any(hmac.compare_digest(o.encode(), t.encode()) for o in offered for t in tokens)
+    if not any(tokens):
+        return is_loopback(request.remote)
+    return token_accepted(request, tokens)
 
 
 def add_call_routes(app: web.Application, api: CallsApi,
