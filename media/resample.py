@@ -80,12 +80,17 @@ def _to_pcm(samples: np.ndarray, lo: np.ndarray = _LO, hi: np.ndarray = _HI) -> 
     return samples.astype(np.int16).tobytes()
 
 
-def _doubler_phases(points: int, cutoff: float, attenuation_db: float) -> list[np.ndarray]:
-    """A Kaiser-windowed sinc lowpass of `points` (odd) taps at the output rate, cut-off
-    as a fraction of the output Nyquist, split into its two phases, each reversed for
-    np.correlate and scaled to a DC gain of exactly 1 (a constant stays constant)."""
+def _lowpass(points: int, cutoff: float, attenuation_db: float) -> np.ndarray:
+    """A Kaiser-windowed sinc lowpass of `points` (odd) taps at the 16 kHz side, cut-off
+    as a fraction of that side's Nyquist."""
     n = np.arange(points) - (points - 1) // 2
-    h = np.sinc(cutoff * n) * np.kaiser(points, 0.1102 * (attenuation_db - 8.7))
+    return np.sinc(cutoff * n) * np.kaiser(points, 0.1102 * (attenuation_db - 8.7))
+
+
+def _doubler_phases(points: int, cutoff: float, attenuation_db: float) -> list[np.ndarray]:
+    """The lowpass split into its two phases, each reversed for np.correlate and scaled
+    to a DC gain of exactly 1 (a constant stays constant)."""
+    h = _lowpass(points, cutoff, attenuation_db)
     return [(phase / phase.sum())[::-1].copy() for phase in (h[0::2], h[1::2])]
 
 
@@ -137,8 +142,7 @@ class _Doubler:
 def _halver_phases(points: int, cutoff: float, attenuation_db: float) -> list[np.ndarray]:
     """The same lowpass at the input rate, for 2:1 decimation: its even and odd taps,
     each reversed for np.correlate, together scaled to a DC gain of exactly 1."""
-    n = np.arange(points) - (points - 1) // 2
-    h = np.sinc(cutoff * n) * np.kaiser(points, 0.1102 * (attenuation_db - 8.7))
+    h = _lowpass(points, cutoff, attenuation_db)
     h /= h.sum()
     return [h[0::2][::-1].copy(), h[1::2][::-1].copy()]
 
