@@ -15,6 +15,7 @@ APT_PACKAGES=(
   tshark            # dumpcap: the SIP capacity benchmark captures Switchboard's RTP
   prometheus        # promtool checks the monitoring config
   postgresql        # the shared call-record backend, started per test (tests/switchboard)
+  openssl           # certificates for the SIP-over-TLS tests
   chromium          # headless browser for the console tests (Playwright drives it)
   docker-compose    # validates docker-compose.yml (tests/ops); needs no Docker engine
   python3-venv      # venv on the system Python
