@@ -100,6 +100,7 @@ class StreamLeg:
         self._closed = asyncio.Event()
         self._pending: list[bytes] = []  # frames popped but not yet written
         self._play_pos = 0  # tick index at which the audio sent so far ends
+        self._last_tick = -1  # the last pacer tick this leg ran (its phase may lead the pacer's)
         self._timed: deque[tuple[int, str]] = deque()  # (tick it has played by, mark)
         self._echo: dict[str, str] = {}  # wire name -> mark, sent and not yet echoed
         self._cleared: list[str] = []  # marks to report as not played on the next tick
@@ -154,7 +155,7 @@ class StreamLeg:
         self._write_clear()
 
     def queued_seconds(self) -> float:
-        ahead = max(0, self._play_pos - self._pacer.tick - 1)
+        ahead = max(0, self._play_pos - self._last_tick - 1)
         return self._out.queued_seconds() + (len(self._pending) + ahead) * FRAME
 
     def send_dtmf(self, digits: str) -> None:
@@ -178,7 +179,7 @@ class StreamLeg:
         self._metrics.calls_active.labels(self.transport).inc()
         self._active = True
         self.started_at = self._last_rx = self._clock.now()
-        self._pacer.add(self._tick)
+        self._pacer.add(self._tick, spread=True)  # streams share the period out in phases
         self._start_task = asyncio.get_running_loop().create_task(
             self._run_start(), name=f"stream-start-{self.info.call_id}")
 
@@ -276,6 +277,7 @@ class StreamLeg:
     # -- the pacer tick ---------------------------------------------------------------
 
     def _tick(self, index: int) -> None:
+        self._last_tick = index
         if self.reason is not None:
             return
         try:
