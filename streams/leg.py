@@ -33,7 +33,7 @@ from media.inbound import InboundMedia
 from media.l16 import check_l16_le, pcm_to_l16_be
 from media.outbound import OutboundAudio
 from media.pacer import Pacer
-from media.rtp import RtpPacket
+from media.rtp import plain_packet
 from pipeline.leg import CallHandler, CallInfo, TransferError
 from streams.context import StreamContext
 
@@ -220,7 +220,8 @@ class StreamLeg:
         for offset in range(0, whole, size):
             piece = data[offset:offset + size]
             payload = convert(piece) if convert is not None else piece
-            push(RtpPacket(pt, index & 0xFFFF, (index * ticks) & _TS_MASK, _SSRC, payload), now)
+            push(plain_packet(pt, index & 0xFFFF, (index * ticks) & _TS_MASK, _SSRC, payload),
+                 now)
             index += 1
         self._frames_in += index - (self._next_index if frame_index is None else frame_index)
         self._next_index = index

@@ -3,7 +3,9 @@
 aiohttp only writes through coroutines, and the pacer tick that produces audio cannot
 await. The common case needs no await all the same: nothing is queued and the socket
 keeps up, so the message is framed here (an unmasked server frame, RFC 6455 §5.2) and
-written straight to the request's transport, on the tick. Otherwise it goes to the
+written straight to the request's transport right after the current callback (the
+pacer's tick), together with every other stream's: one burst per tick, as the writer
+tasks used to make, which the far ends read in fewer wake-ups. Otherwise it goes to the
 stream's one writer task, fed from two queues: control messages (a Twilio `clear`,
 FreeSWITCH's clearAudio) go before any audio still waiting, and audio not yet written is
 dropped at barge-in. Order holds either way, since a message is only written directly
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
+import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -77,6 +80,40 @@ class DoorWebSocket(web.WebSocketResponse):
     door_transport: asyncio.Transport | None = None
 
 
+class _Burst:
+    """The frames written directly during one callback of a loop, sent right after it."""
+
+    __slots__ = ("items", "loop", "scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.items: list[tuple[WsOutbox, int, bytes]] = []
+        self.scheduled = False
+
+    def add(self, outbox: WsOutbox, epoch: int, frame: bytes) -> None:
+        self.items.append((outbox, epoch, frame))
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        items, self.items = self.items, []
+        self.scheduled = False
+        for outbox, epoch, frame in items:
+            outbox._write_now(epoch, frame)
+
+
+_bursts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Burst] = (
+    weakref.WeakKeyDictionary())
+
+
+def _burst(loop: asyncio.AbstractEventLoop) -> _Burst:
+    burst = _bursts.get(loop)
+    if burst is None:
+        burst = _bursts[loop] = _Burst(loop)
+    return burst
+
+
 class WsOutbox:
     """The write side of one WebSocket. Audio is written at once when nothing waits
     before it and the transport keeps up (see the module notes); otherwise one task
@@ -105,6 +142,9 @@ class WsOutbox:
         self._transport = None if ws.compress else transport
         self._limit = write_buffer_limit
         self.direct = 0  # messages written without the task
+        self._burst = _burst(asyncio.get_running_loop())
+        self._held = 0  # frames in the burst, not yet written
+        self._epoch = 0  # bumped by drop_audio: frames of an older epoch are dropped
         self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
 
     def audio(self, message: str | bytes) -> None:
@@ -116,9 +156,11 @@ class WsOutbox:
                 and not self._ws.closed and not transport.is_closing()
                 and transport.get_write_buffer_size() <= self._limit):
             if type(message) is str:
-                transport.write(ws_frame(message.encode(), OP_TEXT))
+                frame = ws_frame(message.encode(), OP_TEXT)
             else:
-                transport.write(ws_frame(message, OP_BINARY))  # type: ignore[arg-type]
+                frame = ws_frame(message, OP_BINARY)  # type: ignore[arg-type]
+            self._held += 1
+            self._burst.add(self, self._epoch, frame)
             self.direct += 1
             return
         if len(audio) >= self._max_backlog:
@@ -135,10 +177,25 @@ class WsOutbox:
 
     def drop_audio(self) -> None:
         self._audio.clear()
+        self._epoch += 1
 
     @property
     def backlog(self) -> int:
-        return len(self._audio) + len(self._control)
+        return len(self._audio) + len(self._control) + self._held
+
+    def _write_now(self, epoch: int, frame: bytes) -> None:
+        """A frame from the burst. It is dropped like queued audio by drop_audio and
+        close; a transport that closed meanwhile fails the stream as a send would."""
+        self._held -= 1
+        if epoch != self._epoch or self._closing or self._ws.closed:
+            return
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
+            self._closing = True
+            self._on_failure("disconnect")
+            return
+        transport.write(frame)
 
     async def _run(self) -> None:
         ws, audio, control = self._ws, self._audio, self._control
@@ -147,6 +204,8 @@ class WsOutbox:
                 await self._wake.wait()
                 self._wake.clear()
                 self._busy = True
+                if self._held:  # frames written before these messages go out first
+                    self._burst.flush()
                 while control or audio:
                     message = control.popleft() if control else audio.popleft()
                     if type(message) is str:
@@ -168,6 +227,7 @@ class WsOutbox:
         WebSocket with the code `reason` deserves."""
         self._closing = True
         self._audio.clear()
+        self._epoch += 1
         task = self._task
         if not task.done():
             task.cancel()

@@ -1,5 +1,6 @@
-"""WsOutbox: direct frame writes when the socket keeps up, the writer task otherwise,
-one order either way; the frame builder against RFC 6455 and aiohttp's own reader."""
+"""WsOutbox: direct frame writes (in one burst right after the tick) when the socket
+keeps up, the writer task otherwise, one order either way; the frame builder against
+RFC 6455 and aiohttp's own reader."""
 
 from __future__ import annotations
 
@@ -86,17 +87,41 @@ async def test_direct_when_idle_and_in_order() -> None:
     out = WsOutbox(FakeWs(t), failures.append, transport=t)  # type: ignore[arg-type]
     out.audio("a1")
     out.audio(b"\x01\x02")
-    assert texts(t) == ["a1", repr(b"\x01\x02")]  # written on the call, no task needed
-    assert out.direct == 2
+    assert t.frames == [] and out.backlog == 2  # held for the burst after this callback
+    await asyncio.sleep(0)
+    assert texts(t) == ["a1", repr(b"\x01\x02")]  # no task needed
+    assert out.direct == 2 and out.backlog == 0
     out.control("clear")  # control goes through the task ...
     out.audio("a2")  # ... and audio after it waits its turn
     assert out.backlog == 2
     await until(lambda: out.backlog == 0)
     assert texts(t)[2:] == ["clear", "a2"]
     out.audio("a3")
-    assert texts(t)[-1] == "a3" and out.direct == 3
+    out.control("c2")  # queued after a held frame: still after it on the wire
+    await until(lambda: out.backlog == 0)
+    assert texts(t)[-2:] == ["a3", "c2"] and out.direct == 3
     await out.close("remote_stop")
     assert failures == []
+
+
+async def test_held_frames_are_dropped_like_queued_audio() -> None:
+    t = FakeTransport()
+    failures: list[str] = []
+    out = WsOutbox(FakeWs(t), failures.append, transport=t)  # type: ignore[arg-type]
+    out.audio("before-barge-in")
+    out.drop_audio()  # barge-in in the same tick: not on the wire yet, so never sent
+    out.control("clear")
+    out.audio("after")
+    await until(lambda: out.backlog == 0)
+    assert texts(t) == ["clear", "after"]
+    out.audio("gone")
+    t.closing = True  # the peer vanished before the burst
+    await asyncio.sleep(0)
+    assert failures == ["disconnect"] and texts(t) == ["clear", "after"]
+    out2 = WsOutbox(FakeWs(t2 := FakeTransport()), [].append, transport=t2)  # type: ignore[arg-type]
+    out2.audio("unsent")
+    await out2.close("remote_stop")  # closing drops audio not yet written
+    assert t2.frames == []
 
 
 async def test_backed_up_transport_queues_then_resumes() -> None:
@@ -117,6 +142,7 @@ async def test_backed_up_transport_queues_then_resumes() -> None:
     await until(lambda: out.backlog == 0 and len(t.frames) == 6)
     await asyncio.sleep(0.01)  # the task finishes its round
     out.audio("m6")
+    await asyncio.sleep(0)
     assert texts(t) == [f"m{i}" for i in range(7)]
     assert out.direct == 1
     await out.close("remote_stop")
