@@ -367,7 +367,7 @@ def test_phase_times_lead_the_deadline() -> None:
 
 async def test_spread_subscribers_run_in_fixed_phases() -> None:
     clock = ManualClock(10.0)
-    pacer = Pacer(clock)  # 4 phases, 5 ms apart
+    pacer = Pacer(clock, phases=4)  # 5 ms apart
     calls: list[tuple[str, int, float]] = []
 
     def make(name: str):
@@ -405,7 +405,7 @@ async def test_spread_subscribers_run_in_fixed_phases() -> None:
 async def test_late_wakeups_still_run_every_phase_once_per_tick() -> None:
     clock = ManualClock(0.0)
     skipped: list[int] = []
-    pacer = Pacer(clock, on_skipped=skipped.append)
+    pacer = Pacer(clock, on_skipped=skipped.append, phases=4)
     seen: dict[int, list[int]] = {}
 
     def make(i: int):
