@@ -4,8 +4,8 @@ workers, switchboard.workers).
 Every process keeps its own registry; /metrics on the main process parses the workers'
 expositions and adds them up, series by series, so dashboards and alerts see one
 Switchboard whatever the number of workers: counters, histograms and most gauges (calls
-active, tasks, threads) are sums. A few gauges are not: `ready` is 1 only when every
-process is ready (minimum), and a `*_created` timestamp is the earliest. A series a
+active, tasks, threads, memory) are sums. A few gauges are not: `ready` is 1 only when
+every process is ready (minimum), and a `*_created` timestamp is the earliest. A series a
 process lacks counts as absent, not zero.
 Pure: text in, text out.
 """
@@ -21,8 +21,10 @@ from prometheus_client.samples import Sample
 
 __all__ = ["MIN_GAUGES", "merge_expositions"]
 
-# Gauges whose merged value is the smallest, not the sum.
-MIN_GAUGES = frozenset({"switchboard_ready"})
+# Gauges whose merged value is the smallest, not the sum (process_* and python_* are
+# prometheus_client's own: memory, CPU and fds add up; these do not).
+MIN_GAUGES = frozenset({"switchboard_ready", "process_start_time_seconds", "process_max_fds",
+                        "python_info"})
 
 
 class _Merged:
