@@ -354,12 +354,19 @@ class Switchboard:
         self._ready = False  # /readyz says no at once
         self._stopping.set()
 
+    def _on_sighup(self) -> None:
+        """Reload the dialplan here and in every stream worker."""
+        if self.reloader is not None:
+            self.reloader.request("SIGHUP")
+        if self.workers is not None:
+            self.workers.send_signal(signal.SIGHUP)
+
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
         if self.reloader is not None:
-            loop.add_signal_handler(signal.SIGHUP, self.reloader.request, "SIGHUP")
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.start()
         try:
             await self._stopping.wait()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import sys
 
@@ -41,6 +42,9 @@ def _read_config(ctrl: socket.socket) -> Config:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # A dialplan reload (SIGHUP, passed on by the main process) must not kill a worker
+    # that has not yet installed its handler.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     if len(args) != 4:
         print(__doc__.split("\n\n")[0], file=sys.stderr)
         return 2

@@ -143,10 +143,14 @@ class StreamWorkers:
         if self._stopping and not hurry:
             return
         self._stopping = True
+        self.send_signal(signal.SIGTERM)
+
+    def send_signal(self, sig: int) -> None:
+        """To every running worker (SIGHUP: reload the dialplan)."""
         for w in self._workers:
             if w.proc is not None and w.proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
-                    w.proc.send_signal(signal.SIGTERM)
+                    w.proc.send_signal(sig)
 
     async def stop(self, timeout: float) -> None:
         """Stop the workers (they drain their streams), kill any left after `timeout`."""
