@@ -37,7 +37,7 @@ from switchboard.metrics_merge import merge_expositions
 from switchboard.records.api import RecordsHttp
 from switchboard.records.recorder import Recorder
 from switchboard.stream_worker import WorkerRole
-from switchboard.workers import StreamWorkers, worker_paths
+from switchboard.workers import WORKER_CALLS_PATH, StreamWorkers, worker_paths
 
 log = logging.getLogger("switchboard")
 
@@ -99,7 +99,13 @@ class Switchboard:
         if config.console.enabled:
             Console(token=config.console.token, ctx=self.streams.ctx, agents=self.agent_names,
                     calls=self.live, max_lead_ms=config.console.max_lead_ms,
+                    more_calls=self.workers.active_calls if self.workers is not None else None,
                     ).add_routes(self.http_app)
+        if worker is not None:
+            self.http_app.router.add_get(WORKER_CALLS_PATH, self._worker_calls)
+
+    async def _worker_calls(self, _: web.Request) -> web.Response:
+        return web.json_response(self.live.snapshot())
 
     def handler_for(self, info: CallInfo) -> CallHandler:
         """The CallHandler that answers a call: the agent the dialplan routes it to, or

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import shutil
 import signal
@@ -200,22 +201,38 @@ class StreamWorkers:
             "streams": {str(w.index): w.load + w.handed for w in self._workers if w.alive},
         }}
 
-    async def metrics_texts(self, timeout: float = 2.0) -> list[str]:
-        """Each running worker's /metrics exposition (a worker that does not answer in
-        time is left out of this scrape, and logged)."""
+    async def fetch_all(self, path: str, timeout: float = 2.0) -> list[str]:
+        """GET `path` from every running worker over its private Unix socket; a worker
+        that does not answer in time is left out (and logged)."""
         async def one(w: _Worker) -> str | None:
             connector = aiohttp.UnixConnector(path=w.metrics_path)
             try:
                 async with aiohttp.ClientSession(connector=connector) as session, \
-                        session.get("http://worker/metrics",
+                        session.get(f"http://worker{path}",
                                     timeout=aiohttp.ClientTimeout(total=timeout)) as r:
                     return await r.text() if r.status == 200 else None
             except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                log.warning("stream worker %d: /metrics: %s", w.index, e)
+                log.warning("stream worker %d: %s: %s", w.index, path, e)
                 return None
 
         texts = await asyncio.gather(*(one(w) for w in self._workers if w.alive))
         return [t for t in texts if t is not None]
+
+    async def metrics_texts(self) -> list[str]:
+        """Each running worker's /metrics exposition."""
+        return await self.fetch_all("/metrics")
+
+    async def active_calls(self) -> list[dict[str, object]]:
+        """The calls up in every running worker (for the console's Watch page)."""
+        calls: list[dict[str, object]] = []
+        for text in await self.fetch_all(WORKER_CALLS_PATH):
+            calls += json.loads(text)
+        return calls
+
+
+# A worker's own list of its calls; served on its private Unix socket only (the main
+# process hands workers the stream doors' paths, nothing else).
+WORKER_CALLS_PATH = "/_worker/calls"
 
 
 def worker_paths() -> frozenset[str]:

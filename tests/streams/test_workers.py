@@ -1,7 +1,8 @@
 """Stream workers (streams.workers): a real `switchboard serve --agent echo` with two worker
 processes. Twilio streams reach a worker through the main process's HTTP port, AudioSocket
 through the workers' shared port; /metrics adds every process up; a worker that dies is
-replaced and takes the streams it had with it, no others; a signal stops them all."""
+replaced and takes the streams it had with it, no others; a signal stops them all; the
+console's list of calls up now includes the workers' calls."""
 
 from __future__ import annotations
 
@@ -113,6 +114,11 @@ def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
         async def kill_under_a_stream() -> None:
             session, ws = await _open_stream(server.http_port)
             try:
+                # the Watch page's list, served by the main process, has the worker's call
+                url = f"http://127.0.0.1:{server.http_port}/console/api/calls"
+                async with session.get(url) as r:
+                    active = (await r.json())["active"]
+                assert [c["transport"] for c in active] == ["twilio"], active
                 for pid in before:  # the stream is in one of them: it goes with it
                     os.kill(pid, signal.SIGKILL)
                 assert await _ends(ws)
