@@ -47,6 +47,7 @@ class _Worker:
     ctrl: socket.socket | None = None
     proc: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # ready, or its start failed
     handed: int = 0  # connections handed off since the worker last reported its load
     load: int = 0  # streams the worker last reported open
     restarts: int = 0
@@ -70,15 +71,16 @@ class StreamWorkers:
     # -- lifetime ------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Spawn every worker; returns once each is ready (or gave up starting)."""
+        """Spawn every worker; returns once each is ready or has failed its first start
+        (a bad config fails at once: it is logged and retried, not waited for)."""
         for w in self._workers:
             self._tasks.append(asyncio.create_task(self._supervise(w),
                                                    name=f"stream-worker-{w.index}"))
-        waits = [asyncio.create_task(w.ready.wait()) for w in self._workers]
-        done, pending = await asyncio.wait(waits, timeout=_READY_TIMEOUT)
+        waits = [asyncio.create_task(w.settled.wait()) for w in self._workers]
+        _, pending = await asyncio.wait(waits, timeout=_READY_TIMEOUT)
         for t in pending:
             t.cancel()
-        log.info("stream workers: %d of %d ready", len(done), len(self._workers))
+        log.info("stream workers: %d of %d ready", self.running, len(self._workers))
 
     async def _supervise(self, w: _Worker) -> None:
         delay = _RESTART_MIN
@@ -87,6 +89,7 @@ class StreamWorkers:
                 await self._run_one(w)
             except OSError as e:
                 log.error("stream worker %d: could not start: %s", w.index, e)
+            w.settled.set()
             if self._stopping:
                 return
             w.restarts += 1
@@ -134,6 +137,7 @@ class StreamWorkers:
             if msg == b"ready":
                 log.info("stream worker %d ready (pid %d)", w.index, w.proc.pid if w.proc else 0)
                 w.ready.set()
+                w.settled.set()
             elif msg.startswith(b"load "):
                 with contextlib.suppress(ValueError):
                     w.load, w.handed = int(msg[5:]), 0

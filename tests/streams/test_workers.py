@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -139,3 +140,18 @@ def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
         got = asyncio.run(_twilio_call(server.http_port))  # new streams are served
         assert got and all(len(p) == 160 for p in got)
         assert "stream worker 0 exited" in server.log()
+
+
+def test_workers_that_cannot_start_leave_the_streams_to_the_main_process(
+        tmp_path: Path) -> None:
+    as_port = free_port()
+    with socket.socket() as squatter:  # AudioSocket's port, taken without SO_REUSEPORT
+        squatter.bind(("127.0.0.1", as_port))
+        squatter.listen()
+        with switchboard(tmp_path, "--agent", "echo", env=_env(as_port)) as server:
+            state = server.http_json("/readyz")
+            assert state["ready"] is True
+            assert state["stream_workers"]["running"] == 0  # type: ignore[index]
+            got = asyncio.run(_twilio_call(server.http_port))  # served here instead
+            assert got and all(len(p) == 160 for p in got)
+            assert "stream worker 0 exited" in server.log()
