@@ -11,9 +11,10 @@ after the stall so far ends never receive a long burst.
 
 Phases. Called all at once, a few hundred stream subscribers keep the event loop busy
 for ~10 ms of every 20, and the socket reads and writes bunch up behind them. A
-subscriber added with spread=True instead gets one of `phases` fixed phases (the least
-occupied; Pacer(phases=4), say, since the default is 1: see PHASES): phase j of tick n runs j * period / phases before tick n's deadline, phase 0
-at the deadline with the plain subscribers. Each subscriber keeps its phase, so its own
+subscriber added with spread=True can instead get one of `phases` fixed phases (the
+least occupied) when the Pacer has more than one (the default has one: see PHASES):
+phase j of tick n runs j * period / phases before tick n's deadline, phase 0 at the
+deadline with the plain subscribers. Each subscriber keeps its phase, so its own
 interval stays exactly one period, and its tick indices are the same as everyone's.
 A late wake-up (the tick itself is due) runs the phases still owed, earliest first,
 before the tick's phase 0; so every subscriber still runs once per tick run.
