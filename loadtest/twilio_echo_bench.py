@@ -11,7 +11,8 @@ and reports:
 - dropped streams: closed by the server, failed, or missing more than 5 % of the echo;
 - outbound frame-interval jitter: |gap between two consecutive media frames of a stream,
   as received, - 20 ms|, p50/p99/max over every stream after a one-second warm-up (the
-  receive times include this client's own scheduling delay, so they overstate it);
+  receive times are the kernel's (SO_TIMESTAMPNS), so this client's own scheduling delay
+  is not in them; messages that arrive together share the later one's time);
 - the server's pacer lateness (p99 from its /metrics histogram) and CPU (summed over its
   whole process tree), and this client's CPU (summed over its processes), each as % of
   one core and of the machine, and the client's CPU per stream per 20 ms.
@@ -19,7 +20,9 @@ and reports:
 The client is lean on purpose, as in production Twilio's side runs elsewhere while here
 it shares the cores with the server: a bare asyncio.Protocol per stream (loadtest.ws_frames
 frames and parses; no task or message object per frame), the media messages built from
-precomputed pieces, and `--client-processes K` to spread the streams over K processes.
+precomputed pieces, the sockets read in one sweep per 2 ms sender tick rather than the
+event loop waking for each message (BatchReader), and `--client-processes K` to spread the
+streams over K processes.
 
 It prints numbers and asserts nothing. Bounded: at most 1000 streams, 120 s per level,
 loopback only. The target in the issue: zero dropped streams and p99 jitter <= 10 ms.
@@ -34,6 +37,7 @@ import json
 import multiprocessing
 import os
 import re
+import select
 import shutil
 import socket
 import struct
@@ -120,9 +124,10 @@ class StreamProtocol(asyncio.Protocol):
         self.stream = stream
         self.stopped = False
         self.transport: asyncio.Transport | None = None
+        self.sock: socket.socket | None = None  # the transport's, when _open made it
         self.opened: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
-        self._time = loop.time
+        self._time = time.time  # the clock of the kernel's receive timestamps
         self._host, self._path = host, path
         self._key = ws_frames.new_key()
         self._upgraded = False
@@ -142,8 +147,24 @@ class StreamProtocol(asyncio.Protocol):
         transport.write(ws_frames.handshake_request(self._host, self._path, self._key))
 
     def send_text(self, payload: bytes) -> None:
-        assert self.transport is not None
-        self.transport.write(ws_frames.client_frame(ws_frames.TEXT, payload))
+        """Straight to the socket while the transport has nothing queued (the transport
+        would do the same, with more steps); what the socket does not take, and all
+        while something is queued, through the transport, in order."""
+        frame = ws_frames.client_frame(ws_frames.TEXT, payload)
+        transport = self.transport
+        assert transport is not None
+        if self.sock is not None and not transport.get_write_buffer_size():
+            try:
+                sent = self.sock.send(frame)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._fail(f"send: {exc}")
+                return
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
+        transport.write(frame)
 
     def close(self, code: int = 1000) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -153,6 +174,10 @@ class StreamProtocol(asyncio.Protocol):
             self.transport.write(ws_frames.client_frame(ws_frames.CLOSE, struct.pack("!H", code)))
 
     def data_received(self, data: bytes) -> None:
+        self.feed(data, None)
+
+    def feed(self, data: bytes, now: float | None) -> None:
+        """Bytes from the server, received at `now` (time.time(); None: just now)."""
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -169,7 +194,6 @@ class StreamProtocol(asyncio.Protocol):
             self._upgraded = True
             self.opened.set_result(None)
             pos = n
-        now = None
         parse = ws_frames.parse_frame
         while True:
             try:
@@ -229,13 +253,85 @@ class StreamProtocol(asyncio.Protocol):
             self.lost.set_result(None)
 
 
-async def _open(host: str, port: int, path: str, stream: Stream) -> StreamProtocol | None:
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; Python does not name it
+_TIMESPEC = struct.Struct("@qq")
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+
+
+class BatchReader:
+    """Reads every open stream's socket in one sweep per sender tick (2 ms) instead of
+    the event loop waking for each arriving message: on this box those wake-ups were
+    most of the client's CPU. Each read carries the kernel's receive time
+    (SO_TIMESTAMPNS), so the arrival times lose nothing by waiting for the sweep (bytes
+    of two messages that arrive in one sweep get the later one's time). A socket at its
+    end or in error goes back to the event loop, which sees it and closes."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._open: dict[int, tuple[StreamProtocol, socket.socket]] = {}
+
+    def add(self, proto: StreamProtocol, sock: socket.socket) -> None:
+        assert proto.transport is not None
+        if proto.transport.is_closing():
+            return
+        proto.transport.pause_reading()
+        self._epoll.register(sock.fileno(), select.EPOLLIN)
+        self._open[sock.fileno()] = (proto, sock)
+
+    def sweep(self) -> None:
+        for fd, _ in self._epoll.poll(0):
+            proto, sock = self._open[fd]
+            try:
+                data, ancillary, _, _ = sock.recvmsg(1 << 16, _CMSG_SPACE)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if not proto.stopped and proto.stream.failed is None:
+                    proto.stream.failed = f"receive: {exc}"
+                self._release(fd)
+                continue
+            if not data:
+                self._release(fd)
+                continue
+            now = None
+            for level, kind, raw in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, ns = _TIMESPEC.unpack(raw)
+                    now = sec + ns * 1e-9
+            proto.feed(data, now)
+            assert proto.transport is not None
+            if proto.transport.is_closing():
+                self._release(fd)
+
+    def _release(self, fd: int) -> None:
+        proto, _ = self._open.pop(fd)
+        try:
+            self._epoll.unregister(fd)
+        except OSError:
+            pass  # the transport closed the socket already (a failed send), epoll forgot it
+        if proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.resume_reading()
+
+    def close(self) -> None:
+        """Every socket back to the event loop."""
+        for fd in list(self._open):
+            self._release(fd)
+        self._epoll.close()
+
+
+async def _open(host: str, port: int, path: str, stream: Stream,
+                reader: BatchReader | None = None) -> StreamProtocol | None:
+    """Connect, upgrade and start one stream; then, with a `reader`, hand its socket to it."""
     loop = asyncio.get_running_loop()
     proto: StreamProtocol | None = None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        _, proto = await asyncio.wait_for(loop.create_connection(
-            lambda: StreamProtocol(stream, f"{host}:{port}", path), host, port),
-            CONNECT_TIMEOUT)
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), CONNECT_TIMEOUT)
+        _, proto = await loop.create_connection(
+            lambda: StreamProtocol(stream, f"{host}:{port}", path), sock=sock)
+        proto.sock = sock
         await asyncio.wait_for(asyncio.shield(proto.opened), CONNECT_TIMEOUT)
         sid, call = SID.format(stream.index), CALL.format(stream.index)
         proto.send_text(b'{"event":"connected","protocol":"Call","version":"1.0.0"}')
@@ -246,12 +342,16 @@ async def _open(host: str, port: int, path: str, stream: Stream) -> StreamProtoc
                       "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
                                       "channels": 1}},
         }).encode())
+        if reader is not None:
+            reader.add(proto, sock)
         return proto
     except (TimeoutError, OSError) as exc:
         if stream.failed is None:
             stream.failed = f"connect: {exc or type(exc).__name__}"
         if proto is not None and proto.transport is not None:
             proto.transport.abort()
+        else:
+            sock.close()
         return None
 
 
@@ -263,32 +363,16 @@ async def _run_streams(indices: list[int], seconds: float, host: str, port: int,
     real time for `seconds` (stream i in phase i % PHASES of the 20 ms), then stop."""
     streams = [Stream(i) for i in indices]
     protos: list[StreamProtocol | None] = []
-    for s in streams:  # calls arrive over a few seconds, not all in one instant
-        protos.append(await _open(host, port, PATH, s))
-        await asyncio.sleep(stagger)
+    reader = BatchReader()
+    try:
+        for s in streams:  # calls arrive over a few seconds, not all in one instant
+            protos.append(await _open(host, port, PATH, s, reader))
+            await asyncio.sleep(stagger)
+            reader.sweep()
+        await _send_media(protos, seconds, frames, reader, start_at)
+    finally:
+        reader.close()
     live = [p for p in protos if p is not None]
-    # what can be made once: the tail naming each stream, the payload of each audio frame
-    tails = {id(p): f'{SID.format(p.stream.index)}"}}'.encode() for p in live}
-    payloads = [base64.b64encode(f).decode() for f in frames]
-    groups = [[(p, tails[id(p)]) for p in live if p.stream.index % PHASES == ph]
-              for ph in range(PHASES)]
-    loop = asyncio.get_running_loop()
-    start = await start_at()
-    total = round(seconds / FRAME)
-    for k in range(total):
-        head = (f'{{"event":"media","sequenceNumber":"{k + 2}","media":{{"track":"inbound",'
-                f'"chunk":"{k + 1}","timestamp":"{k * 20}","payload":'
-                f'"{payloads[k % len(payloads)]}"}},"streamSid":"').encode()
-        for ph, group in enumerate(groups):
-            due = start + k * FRAME + ph * FRAME / PHASES
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            for p, tail in group:
-                if p.live:
-                    p.send_text(head + tail)
-                    p.stream.sent += 1
-    await asyncio.sleep(0.5)  # the echo's tail
     for p in live:
         if p.live:
             p.stopped = True
@@ -304,6 +388,42 @@ async def _run_streams(indices: list[int], seconds: float, host: str, port: int,
             p.transport.abort()
     await asyncio.sleep(0)  # let connection_lost run
     return streams
+
+
+async def _send_media(protos: list[StreamProtocol | None], seconds: float,
+                      frames: list[bytes], reader: BatchReader,
+                      start_at: Callable[[], Awaitable[float]]) -> None:
+    live = [p for p in protos if p is not None]
+    # what can be made once: the tail naming each stream, the payload of each audio frame
+    tails = {id(p): f'{SID.format(p.stream.index)}"}}'.encode() for p in live}
+    payloads = [base64.b64encode(f).decode() for f in frames]
+    groups = [[(p, tails[id(p)]) for p in live if p.stream.index % PHASES == ph]
+              for ph in range(PHASES)]
+    loop = asyncio.get_running_loop()
+    tick = FRAME / PHASES
+    starting = asyncio.ensure_future(start_at())
+    while not starting.done():  # bounded by start_at's own time limit
+        await asyncio.wait({starting}, timeout=tick)
+        reader.sweep()
+    start = starting.result()
+    total = round(seconds / FRAME)
+    for k in range(total):
+        head = (f'{{"event":"media","sequenceNumber":"{k + 2}","media":{{"track":"inbound",'
+                f'"chunk":"{k + 1}","timestamp":"{k * 20}","payload":'
+                f'"{payloads[k % len(payloads)]}"}},"streamSid":"').encode()
+        for ph, group in enumerate(groups):
+            due = start + k * FRAME + ph * tick
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            for p, tail in group:
+                if p.live:
+                    p.send_text(head + tail)
+                    p.stream.sent += 1
+            reader.sweep()
+    for _ in range(round(0.5 / tick)):  # the echo's tail
+        await asyncio.sleep(tick)
+        reader.sweep()
 
 
 def _client_process(conn: Connection, indices: list[int], seconds: float, host: str,

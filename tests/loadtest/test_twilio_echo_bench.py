@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -140,3 +142,58 @@ def test_a_tiny_run_reports_every_stream(processes: int, capsys: pytest.CaptureF
                 "client_us_per_stream_tick", "dropped"):
         assert key in r
     assert r["server_cpu_pct"] > 0 and r["client_cpu_pct"] > 0
+
+
+async def test_the_batch_reader_stamps_arrivals_with_the_kernels_time_and_hands_back_eof(
+        ) -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    sock = socket.socket()
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, bench.SO_TIMESTAMPNS, 1)
+    await loop.sock_connect(sock, listener.getsockname())
+    server, _ = listener.accept()
+    server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait for an ACK
+    listener.close()
+    _, proto = await loop.create_connection(
+        lambda: bench.StreamProtocol(bench.Stream(7), "127.0.0.1", "/twilio/stream"),
+        sock=sock)
+    proto.sock = sock
+    request = server.recv(4096).decode()
+    key = request.split("Sec-WebSocket-Key: ")[1].split("\r\n")[0]
+    server.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Accept: {wf.accept_for(key)}"
+                   "\r\n\r\n".encode())
+    await asyncio.wait_for(proto.opened, 10)
+    reader = bench.BatchReader()
+    try:
+        reader.add(proto, sock)
+        proto.send_text(b'{"event":"connected"}')  # straight to the socket
+        assert parse_all(server.recv(4096))[0] == [(True, wf.TEXT, b'{"event":"connected"}')]
+        server.sendall(server_frame(wf.TEXT, MEDIA) * 2 + server_frame(wf.TEXT, MEDIA)[:9])
+        sent_by = time.time()
+        await asyncio.sleep(0.05)  # the event loop does not read it: reading is paused
+        assert proto.stream.arrivals == []
+        for _ in range(200):  # a sweep reads what is there; loopback may take a moment
+            reader.sweep()
+            if len(proto.stream.arrivals) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert len(proto.stream.arrivals) == 2
+        assert proto.stream.arrivals[0] <= sent_by  # the kernel's time, not the sweep's
+        server.sendall(server_frame(wf.TEXT, MEDIA)[9:])
+        server.close()  # the end goes back to the event loop, which closes
+        for _ in range(200):
+            reader.sweep()
+            if proto.lost.done():
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(proto.lost, 10)
+        assert len(proto.stream.arrivals) == 3
+        assert proto.stream.failed == "closed by the server (None)"
+    finally:
+        reader.close()
+        if proto.transport is not None:
+            proto.transport.abort()
