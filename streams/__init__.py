@@ -70,12 +70,16 @@ class StreamDoors:
             log.info("stream door: %s (Asterisk chan_websocket, token %s)", asterisk_ws.PATH,
                      "on" if aw.token else "off")
 
-    async def start(self, pacer: Pacer) -> None:
+    async def start(self, pacer: Pacer, *, audiosocket_server: bool = True,
+                    reuse_port: bool = False) -> None:
+        """Take streams on `pacer`. The AudioSocket server starts unless told not to (the
+        main process leaves it to its stream workers, which share its port: reuse_port)."""
         self.ctx.pacer = pacer
         a = self.config.audiosocket
-        if a.enabled:
+        if a.enabled and audiosocket_server:
             settings = audiosocket.AudioSocketSettings(
-                listen=a.listen, port=a.port, allowed_networks=tuple(a.allowed_networks))
+                listen=a.listen, port=a.port, allowed_networks=tuple(a.allowed_networks),
+                reuse_port=reuse_port)
             self.audiosocket = await audiosocket.start_server(self.ctx, settings)
 
     async def stop(self, timeout: float = 10.0) -> None:

@@ -64,6 +64,7 @@ class AudioSocketSettings:
     port: int = 9092  # 0: any free port (tests)
     allowed_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     default_rate: int = 8000  # until the first audio frame says otherwise
+    reuse_port: bool = False  # stream workers share one port (switchboard.workers)
 
 
 class AudioSocketLeg(StreamLeg):
@@ -118,7 +119,8 @@ class AudioSocketServer:
     async def start(self) -> None:
         s = self.settings
         self._server = await asyncio.start_server(self._client, s.listen, s.port,
-                                                  reuse_address=True)
+                                                  reuse_address=True,
+                                                  reuse_port=s.reuse_port or None)
         log.info("AudioSocket listening on %s:%d", s.listen, self.port)
 
     async def stop(self) -> None:

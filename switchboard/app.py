@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import signal
+import socket
 import threading
 
 from aiohttp import web
@@ -29,20 +31,34 @@ from switchboard.config import Config, FloodConfig, SipConfig
 from switchboard.console import ActiveCalls, Console
 from switchboard.dial import OutboundCalls
 from switchboard.dialplans import DialplanReloader
+from switchboard.handoff import Front, adopt
 from switchboard.http import add_call_routes, build_http_app
+from switchboard.metrics_merge import merge_expositions
 from switchboard.records.api import RecordsHttp
 from switchboard.records.recorder import Recorder
+from switchboard.stream_worker import WorkerRole
+from switchboard.workers import WORKER_CALLS_PATH, StreamWorkers, worker_paths
 
 log = logging.getLogger("switchboard")
 
 
 class Switchboard:
+    """The main process; or, with `worker`, one stream worker of it (switchboard.workers):
+    the same agents, records and stream doors, no SIP, connections handed to it."""
+
     def __init__(self, config: Config, *, metrics: Metrics | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, worker: WorkerRole | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
         self.clock = clock or MonotonicClock()
-        self.http_app = build_http_app(self.metrics, self.readiness)
+        self.worker = worker
+        n = config.streams.workers if worker is None else 0
+        self.workers = StreamWorkers(config, n) if n > 0 else None
+        self.front: Front | None = None
+        self._load_report: asyncio.Task[None] | None = None
+        self.http_app = build_http_app(
+            self.metrics, self.readiness,
+            merge=self._merged_metrics if self.workers is not None else None)
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()  # a second SIGTERM: end calls without waiting
@@ -69,7 +85,11 @@ class Switchboard:
                         tokens=(config.http.api_token, config.console.token))
         # Media-stream doors (streams/): Twilio and FreeSWITCH routes on this HTTP app;
         # the AudioSocket server starts, and calls are taken, once the pacer runs.
-        self.streams = StreamDoors(config.streams, handler_factory=self.handler_for,
+        streams = config.streams
+        if worker is not None:  # the limit is for all workers together
+            share = math.ceil(streams.max_concurrent_streams / worker.count)
+            streams = streams.model_copy(update={"max_concurrent_streams": share})
+        self.streams = StreamDoors(streams, handler_factory=self.handler_for,
                                    metrics=self.metrics, clock=self.clock,
                                    route_check=self.route_check)
         self.streams.add_routes(self.http_app)
@@ -79,7 +99,13 @@ class Switchboard:
         if config.console.enabled:
             Console(token=config.console.token, ctx=self.streams.ctx, agents=self.agent_names,
                     calls=self.live, max_lead_ms=config.console.max_lead_ms,
+                    more_calls=self.workers.active_calls if self.workers is not None else None,
                     ).add_routes(self.http_app)
+        if worker is not None:
+            self.http_app.router.add_get(WORKER_CALLS_PATH, self._worker_calls)
+
+    async def _worker_calls(self, _: web.Request) -> web.Response:
+        return web.json_response(self.live.snapshot())
 
     def handler_for(self, info: CallInfo) -> CallHandler:
         """The CallHandler that answers a call: the agent the dialplan routes it to, or
@@ -140,16 +166,32 @@ class Switchboard:
             state.update(self.records.readiness())
         if self.reloader is not None and self.reloader.last_error is not None:
             state["dialplan_reload_error"] = self.reloader.last_error
+        if self.workers is not None:
+            state.update(self.workers.readiness())
         state["ready"] = self._ready and bool(state.get("ready", True))
         return state
 
-    async def start(self) -> None:
+    async def _merged_metrics(self, own: bytes) -> bytes:
+        assert self.workers is not None
+        return merge_expositions([own.decode(), *await self.workers.metrics_texts()])
+
+    async def _listen(self) -> None:
         http = self.config.http
         self._runner = web.AppRunner(self.http_app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, http.listen, http.port)
-        await site.start()
+        if self.worker is not None:  # connections come from the main process
+            await web.UnixSite(self._runner, self.worker.metrics_path).start()
+            return
+        if self.workers is not None:
+            self.front = Front(self._runner, worker_paths(), self.workers.hand_off)
+            await self.front.start(http.listen, http.port)
+            await self.workers.start()  # they load their models while we load ours
+        else:
+            await web.TCPSite(self._runner, http.listen, http.port).start()
         log.info("HTTP listening on %s:%d (/metrics, /healthz, /readyz)", http.listen, http.port)
+
+    async def start(self) -> None:
+        await self._listen()
         # Models load once per process, before the first call can arrive (seconds).
         await self.agents.start()
         if self.records is not None:
@@ -162,13 +204,17 @@ class Switchboard:
         self.pacer = Pacer(self.clock, on_lateness=self.metrics.pacer_lateness_seconds.observe,
                            on_skipped=self.metrics.pacer_skipped_ticks_total.inc)
         self.pacer.start()
+        if self.worker is not None:
+            await self._start_worker(self.worker)
+            return
         self.sip = SipServer(_sip_server_config(self.config.sip), handler_factory=self.handler_for,
                              clock=self.clock, metrics=self.metrics, pacer=self.pacer)
         if self.sip.endpoint.targets is not None:  # the dialplan's transfer targets are allowed
             self.sip.endpoint.targets.add_rule(listed_targets(self._transfer_targets))
         await self.sip.start()
         await self.outbound.start(self.sip)
-        await self.streams.start(self.pacer)  # stream doors share the SIP side's pacer
+        # Stream doors share the SIP side's pacer. With workers, AudioSocket is theirs.
+        await self.streams.start(self.pacer, audiosocket_server=self.workers is None)
         self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
         self._watch_resources(asyncio.get_running_loop())
         if self.reloader is not None:
@@ -178,6 +224,54 @@ class Switchboard:
                      len(self.agents.plan.routes))
         self._ready = True
         self.metrics.ready.set(1)
+
+    async def _start_worker(self, role: WorkerRole) -> None:
+        """A worker: its doors (AudioSocket on the shared port), then connections."""
+        assert self.pacer is not None
+        await self.streams.start(self.pacer, reuse_port=True)
+        self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
+        self._watch_resources(asyncio.get_running_loop())
+        role.ctrl.setblocking(False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(role.ctrl.fileno(), self._on_handoff, role)
+        self._load_report = asyncio.create_task(self._report_load(role), name="worker-load")
+        self._ready = True
+        self.metrics.ready.set(1)
+        role.ctrl.send(b"ready")
+
+    def _on_handoff(self, role: WorkerRole) -> None:
+        """Connections from the main process (switchboard.handoff): serve each here."""
+        while True:
+            try:
+                data, fds, _, _ = socket.recv_fds(role.ctrl, 1 << 18, 4)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                data, fds = b"", []
+                log.error("worker %d: control socket: %s", role.index, e)
+            if not data and not fds:  # the main process is gone: so are we
+                asyncio.get_running_loop().remove_reader(role.ctrl.fileno())
+                log.warning("worker %d: the main process went away; stopping", role.index)
+                self.request_stop()
+                return
+            for extra in fds[1:]:
+                socket.close(extra)
+            if fds and self._runner is not None:
+                conn = socket.socket(fileno=fds[0])
+                asyncio.get_running_loop().create_task(adopt(self._runner, conn, data))
+            elif fds:
+                socket.close(fds[0])
+
+    async def _report_load(self, role: WorkerRole, period: float = 1.0) -> None:
+        """Tell the main process how many streams are open here (it picks the least)."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                role.ctrl.send(f"load {self.streams.ctx.connections}".encode())
+            except BlockingIOError:
+                pass
+            except OSError:
+                return
 
     async def _probe_loop_lag(self, period: float = 0.25) -> None:
         """How late a periodic wake-up runs: anything blocking the loop shows up here."""
@@ -199,6 +293,13 @@ class Switchboard:
     async def stop(self) -> None:
         self._ready = False
         self.metrics.ready.set(0)
+        if self._load_report is not None:
+            self._load_report.cancel()
+            await asyncio.gather(self._load_report, return_exceptions=True)
+        if self.worker is not None:
+            asyncio.get_running_loop().remove_reader(self.worker.ctrl.fileno())
+        if self.workers is not None:  # they drain while we do
+            self.workers.signal_stop()
         if self._lag_probe is not None:
             self._lag_probe.cancel()
             await asyncio.gather(self._lag_probe, return_exceptions=True)
@@ -217,6 +318,10 @@ class Switchboard:
             await self.pacer.stop()
             self.pacer = None
         await self.agents.aclose()
+        if self.workers is not None:
+            await self.workers.stop(self.config.shutdown_drain_seconds + 15)
+        if self.front is not None:
+            await self.front.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -250,15 +355,24 @@ class Switchboard:
     def request_stop(self) -> None:
         if self._stopping.is_set():
             self._hurry.set()  # asked twice: do not wait for the calls in progress
+        if self.workers is not None:  # each worker counts its signals the same way
+            self.workers.signal_stop(hurry=self._hurry.is_set())
         self._ready = False  # /readyz says no at once
         self._stopping.set()
+
+    def _on_sighup(self) -> None:
+        """Reload the dialplan here and in every stream worker."""
+        if self.reloader is not None:
+            self.reloader.request("SIGHUP")
+        if self.workers is not None:
+            self.workers.send_signal(signal.SIGHUP)
 
     async def run_until_stopped(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.request_stop)
         if self.reloader is not None:
-            loop.add_signal_handler(signal.SIGHUP, self.reloader.request, "SIGHUP")
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.start()
         try:
             await self._stopping.wait()

@@ -294,6 +294,9 @@ class StreamsConfig(_Section):
     max_concurrent_streams: int = Field(default=200, ge=1)  # all stream doors together
     max_message_bytes: int = Field(default=65536, ge=1024, le=1 << 20)
     idle_timeout: float = Field(default=10.0, gt=0, le=3600)  # close a stream silent this long
+    # Worker processes for the stream doors (switchboard.workers); 0: this process serves
+    # them. One process carries ~100 Twilio streams per core; each worker loads the models.
+    workers: int = Field(default=0, ge=0, le=64)
     twilio: TwilioStreamsConfig = TwilioStreamsConfig()
     freeswitch: FreeswitchStreamsConfig = FreeswitchStreamsConfig()
     audiosocket: AudioSocketConfig = AudioSocketConfig()

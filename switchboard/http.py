@@ -26,12 +26,16 @@ from pipeline.metrics import Metrics
 from streams.auth import is_loopback, token_accepted
 
 
-def build_http_app(metrics: Metrics, readiness: Callable[[], dict[str, object]]) -> web.Application:
-    """`readiness()` returns {"ready": bool, ...details}; /readyz answers 503 when not ready."""
+def build_http_app(metrics: Metrics, readiness: Callable[[], dict[str, object]], *,
+                   merge: Callable[[bytes], Awaitable[bytes]] | None = None) -> web.Application:
+    """`readiness()` returns {"ready": bool, ...details}; /readyz answers 503 when not ready.
+    `merge` adds other processes' metrics to this one's (stream workers)."""
     app = web.Application(client_max_size=1 << 20)
 
     async def get_metrics(_: web.Request) -> web.Response:
         body = generate_latest(metrics.registry)
+        if merge is not None:
+            body = await merge(body)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

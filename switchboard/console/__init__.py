@@ -17,7 +17,7 @@ Recent calls on the Watch page come from the records API (GET /calls, /calls/{id
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -36,8 +36,11 @@ _NO_CACHE = {"Cache-Control": "no-cache"}
 
 class Console:
     def __init__(self, *, token: str, ctx: StreamContext, agents: Callable[[], Sequence[str]],
-                 calls: ActiveCalls, max_lead_ms: int = 100) -> None:
+                 calls: ActiveCalls, max_lead_ms: int = 100,
+                 more_calls: Callable[[], Awaitable[list[dict[str, object]]]] | None = None,
+                 ) -> None:
         self.token = token
+        self.more_calls = more_calls  # the stream workers' calls (switchboard.workers)
         self.ctx = ctx
         self.agents = agents
         self.calls = calls
@@ -81,4 +84,6 @@ class Console:
     async def _active(self, request: web.Request) -> web.Response:
         self._check(request)
         calls = self.calls.snapshot()
+        if self.more_calls is not None:
+            calls += await self.more_calls()
         return web.json_response({"active": calls, "count": len(calls)}, headers=_NO_CACHE)
