@@ -115,9 +115,10 @@ class Stream:
 
 class StreamProtocol(asyncio.Protocol):
     """One Twilio stream on a bare asyncio transport: the upgrade, masked text frames out,
-    and a frame parser in data_received that only notes when a media message arrives
-    (and answers ping and close). No task per stream, no message objects: this client
-    shares the machine with the server it measures, so it must cost little."""
+    and a frame parser (`feed`, from data_received or from the BatchReader) that only
+    notes when a media message arrives (and answers ping and close). No task per stream,
+    no message objects: this client shares the machine with the server it measures, so
+    it must cost little."""
 
     def __init__(self, stream: Stream, host: str, path: str) -> None:
         loop = asyncio.get_running_loop()
