@@ -144,9 +144,34 @@ def test_a_tiny_run_reports_every_stream(processes: int, capsys: pytest.CaptureF
     assert r["server_cpu_pct"] > 0 and r["client_cpu_pct"] > 0
 
 
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        receiver = socket.create_connection(listener.getsockname())
+        sender, _ = listener.accept()
+    sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sender, receiver
+
+
+def _kernel_stamps_on(pair: tuple[socket.socket, socket.socket]) -> bool:
+    """Whether the kernel stamps received packets yet. It turns that on for the whole
+    system, some time after the first socket asks (a deferred static-key switch)."""
+    sender, receiver = pair
+    for _ in range(500):
+        sender.send(b"x")
+        _, ancillary, _, _ = receiver.recvmsg(16, socket.CMSG_SPACE(16))
+        if ancillary:
+            return True
+        time.sleep(0.01)
+    return False
+
+
 async def test_the_batch_reader_stamps_arrivals_with_the_kernels_time_and_hands_back_eof(
         ) -> None:
     loop = asyncio.get_running_loop()
+    keeper = _tcp_pair()  # keeps the kernel stamping during the test
+    keeper[1].setsockopt(socket.SOL_SOCKET, bench.SO_TIMESTAMPNS, 1)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -167,6 +192,7 @@ async def test_the_batch_reader_stamps_arrivals_with_the_kernels_time_and_hands_
                    f"Connection: Upgrade\r\nSec-WebSocket-Accept: {wf.accept_for(key)}"
                    "\r\n\r\n".encode())
     await asyncio.wait_for(proto.opened, 10)
+    assert _kernel_stamps_on(keeper)
     reader = bench.BatchReader()
     try:
         reader.add(proto, sock)
@@ -197,3 +223,5 @@ async def test_the_batch_reader_stamps_arrivals_with_the_kernels_time_and_hands_
         reader.close()
         if proto.transport is not None:
             proto.transport.abort()
+        for k in keeper:
+            k.close()
