@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-__all__ = ["RtpError", "RtpExtension", "RtpPacket", "is_rtcp"]
+__all__ = ["RtpError", "RtpExtension", "RtpPacket", "is_rtcp", "plain_packet"]
 
 RTP_VERSION = 2
 HEADER_SIZE = 12
@@ -192,6 +192,15 @@ def _plain_packet(b1: int, sequence: int, timestamp: int, ssrc: int, payload: by
     _set_extension(packet, None)
     _set_padding(packet, 0)
     return packet
+
+
+def plain_packet(
+    payload_type: int, sequence: int, timestamp: int, ssrc: int, payload: bytes
+) -> RtpPacket:
+    """RtpPacket(payload_type, sequence, timestamp, ssrc, payload) (no marker, CSRCs,
+    extension or padding) without the dataclass __init__: the stream doors make one per
+    20 ms frame. payload_type must be 0..127."""
+    return _plain_packet(payload_type, sequence, timestamp, ssrc, payload)
 
 
 def _pack_extension(extension: RtpExtension) -> bytes:

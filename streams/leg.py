@@ -33,7 +33,7 @@ from media.inbound import InboundMedia
 from media.l16 import check_l16_le, pcm_to_l16_be
 from media.outbound import OutboundAudio
 from media.pacer import Pacer
-from media.rtp import RtpPacket
+from media.rtp import plain_packet
 from pipeline.leg import CallHandler, CallInfo, TransferError
 from streams.context import StreamContext
 
@@ -100,6 +100,7 @@ class StreamLeg:
         self._closed = asyncio.Event()
         self._pending: list[bytes] = []  # frames popped but not yet written
         self._play_pos = 0  # tick index at which the audio sent so far ends
+        self._last_tick = -1  # the last pacer tick this leg ran (its phase may lead the pacer's)
         self._timed: deque[tuple[int, str]] = deque()  # (tick it has played by, mark)
         self._echo: dict[str, str] = {}  # wire name -> mark, sent and not yet echoed
         self._cleared: list[str] = []  # marks to report as not played on the next tick
@@ -154,7 +155,7 @@ class StreamLeg:
         self._write_clear()
 
     def queued_seconds(self) -> float:
-        ahead = max(0, self._play_pos - self._pacer.tick - 1)
+        ahead = max(0, self._play_pos - self._last_tick - 1)
         return self._out.queued_seconds() + (len(self._pending) + ahead) * FRAME
 
     def send_dtmf(self, digits: str) -> None:
@@ -178,7 +179,7 @@ class StreamLeg:
         self._metrics.calls_active.labels(self.transport).inc()
         self._active = True
         self.started_at = self._last_rx = self._clock.now()
-        self._pacer.add(self._tick)
+        self._pacer.add(self._tick, spread=True)  # in phases if the pacer has them
         self._start_task = asyncio.get_running_loop().create_task(
             self._run_start(), name=f"stream-start-{self.info.call_id}")
 
@@ -219,7 +220,8 @@ class StreamLeg:
         for offset in range(0, whole, size):
             piece = data[offset:offset + size]
             payload = convert(piece) if convert is not None else piece
-            push(RtpPacket(pt, index & 0xFFFF, (index * ticks) & _TS_MASK, _SSRC, payload), now)
+            push(plain_packet(pt, index & 0xFFFF, (index * ticks) & _TS_MASK, _SSRC, payload),
+                 now)
             index += 1
         self._frames_in += index - (self._next_index if frame_index is None else frame_index)
         self._next_index = index
@@ -276,6 +278,7 @@ class StreamLeg:
     # -- the pacer tick ---------------------------------------------------------------
 
     def _tick(self, index: int) -> None:
+        self._last_tick = index
         if self.reason is not None:
             return
         try:

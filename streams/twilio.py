@@ -280,8 +280,11 @@ class TwilioDoor:
 
     async def _read(self, ws: web.WebSocketResponse, leg: TwilioLeg) -> str:
         """Dispatch the stream's messages until it ends; returns why it ended."""
-        sid, invalid = leg.stream_sid, self.ctx.invalid
-        async for msg in ws:
+        sid, invalid, receive = leg.stream_sid, self.ctx.invalid, ws.receive
+        while True:  # `async for msg in ws`, less one coroutine per message
+            msg = await receive()
+            if msg.type in _ENDED:
+                break
             if msg.type is not WSMsgType.TEXT:
                 kind = _error_kind(msg)
                 invalid(TRANSPORT, kind)
@@ -310,6 +313,9 @@ class TwilioDoor:
             else:
                 invalid(TRANSPORT, "out_of_order")
         return "disconnect"
+
+
+_ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
 
 
 def _error_kind(msg: object) -> str:

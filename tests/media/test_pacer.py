@@ -353,3 +353,93 @@ async def test_outside_cancellation_is_not_swallowed() -> None:
     await settle()
     assert task.cancelled()
     await pacer.stop()  # nothing left to stop
+
+
+# -- phases -------------------------------------------------------------------------------------
+
+
+def test_phase_times_lead_the_deadline() -> None:
+    s = PaceSchedule(100.0)
+    assert s.phase_time(3, 0, 4) == pytest.approx(100.06)
+    assert [s.phase_time(3, j, 4) for j in (3, 2, 1)] == pytest.approx([100.045, 100.05, 100.055])
+    assert s.phase_time(0, 1, 1) == pytest.approx(99.98)
+
+
+async def test_spread_subscribers_run_in_fixed_phases() -> None:
+    clock = ManualClock(10.0)
+    pacer = Pacer(clock, phases=4)  # 5 ms apart
+    calls: list[tuple[str, int, float]] = []
+
+    def make(name: str):
+        def on_tick(tick: int) -> None:
+            calls.append((name, tick, round(clock.now() - 10.0, 6)))
+
+        return on_tick
+
+    plain = make("plain")
+    pacer.add(plain)
+    phases = [pacer.add(make(f"s{i}"), spread=True) for i in range(6)]
+    assert phases == [0, 1, 2, 3, 0, 1]  # the least occupied phase, lowest first
+    pacer.start()
+    await settle()
+    # Tick 0 is due at start: its earlier phases are overdue and run first, earliest first.
+    assert [c[0] for c in calls] == ["s3", "s2", "s1", "s5", "plain", "s0", "s4"]
+    assert {c[1] for c in calls} == {0}
+    calls.clear()
+    for _ in range(8 * 4):  # 8 periods in 5 ms steps
+        clock.advance(0.005)
+        await settle()
+    by_name: dict[str, list[tuple[int, float]]] = {}
+    for name, tick, t in calls:
+        by_name.setdefault(name, []).append((tick, t))
+    for name, phase in [("plain", 0), *((f"s{i}", p) for i, p in enumerate(phases))]:
+        runs = by_name[name]
+        assert [tick for tick, _ in runs] == list(range(1, 9))  # the same indices for all
+        # each at its own phase of each tick, so exactly one period apart
+        assert [t for _, t in runs] == pytest.approx(
+            [tick * PERIOD - phase * PERIOD / 4 for tick in range(1, 9)])
+    assert pacer.stats.ticks == 9
+    await pacer.stop()
+
+
+async def test_late_wakeups_still_run_every_phase_once_per_tick() -> None:
+    clock = ManualClock(0.0)
+    skipped: list[int] = []
+    pacer = Pacer(clock, on_skipped=skipped.append, phases=4)
+    seen: dict[int, list[int]] = {}
+
+    def make(i: int):
+        def on_tick(tick: int) -> None:
+            seen.setdefault(i, []).append(tick)
+            if i == 5 and tick == 2:
+                raise RuntimeError("boom")
+
+        return on_tick
+
+    subs = [make(i) for i in range(8)]
+    for sub in subs:
+        pacer.add(sub, spread=True)
+    pacer.start()
+    await settle()
+    clock.advance(PERIOD)  # whole periods: every phase is overdue at each wake-up
+    await settle()
+    clock.advance(PERIOD)
+    await settle()
+    clock.advance(0.2)  # a stall: ticks 3-6 run, 7-12 are skipped
+    await settle()
+    clock.advance(PERIOD)
+    await settle()
+    assert skipped == [6]
+    for i in range(8):
+        expect = [0, 1, 2] if i == 5 else [0, 1, 2, 3, 4, 5, 6, 13]
+        assert seen[i] == expect
+    assert subs[5] not in pacer and len(pacer) == 7
+    assert pacer.stats.subscriber_errors == 1
+    assert pacer.add(make(9), spread=True) == 1  # the failed one's phase is free again
+    assert pacer.remove(subs[0]) and not pacer.remove(subs[0])
+    await pacer.stop()
+
+
+def test_phases_are_validated() -> None:
+    with pytest.raises(ValueError, match="phases must be >= 1"):
+        Pacer(ManualClock(), phases=0)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from media.rtp import RtpError, RtpExtension, RtpPacket, is_rtcp
+from media.rtp import RtpError, RtpExtension, RtpPacket, is_rtcp, plain_packet
 
 SETTINGS = settings(max_examples=200, deadline=None)
 
@@ -215,3 +215,10 @@ def test_parse_arbitrary_bytes_raises_only_rtp_error(data: bytes) -> None:
     except RtpError:
         return
     assert bytes(packet) == _zero_padding(data, packet.padding)
+
+
+def test_plain_packet_is_the_dataclass() -> None:
+    made = plain_packet(0, 65535, 0xFFFFFFFF, 0x53424F58, b"\xff" * 160)
+    assert made == RtpPacket(0, 65535, 0xFFFFFFFF, 0x53424F58, b"\xff" * 160)
+    assert type(made) is RtpPacket and not made.marker and made.padding == 0
+    assert RtpPacket.parse(bytes(made)) == made
