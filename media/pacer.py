@@ -9,16 +9,6 @@ never shifts the ticks after it (no drift). After a stall (the event loop blocke
 current one; the rest are skipped and counted, and the grid is re-anchored one period
 after the stall so far ends never receive a long burst.
 
-Phases. Called all at once, a few hundred stream subscribers keep the event loop busy
-for ~10 ms of every 20, and the socket reads and writes bunch up behind them. A
-subscriber added with spread=True can instead get one of `phases` fixed phases (the
-least occupied) when the Pacer has more than one (the default has one: see PHASES):
-phase j of tick n runs j * period / phases before tick n's deadline, phase 0 at the
-deadline with the plain subscribers. Each subscriber keeps its phase, so its own
-interval stays exactly one period, and its tick indices are the same as everyone's.
-A late wake-up (the tick itself is due) runs the phases still owed, earliest first,
-before the tick's phase 0; so every subscriber still runs once per tick run.
-
 PaceSchedule is the pure core (time in, ticks out); Pacer is the thin asyncio runner
 that sleeps on a media.clock.Clock and calls the subscribers.
 """
@@ -36,10 +26,6 @@ from media.clock import Clock
 logger = logging.getLogger(__name__)
 
 PERIOD = 0.020
-# Off (1) by default: at 150 Twilio echo streams on 2 cores, 4 phases measured no lower
-# jitter (p99 10.6 and 20.0 ms against 7.8 and 6.6 with one) and 2-9 points more CPU: 4
-# wake-ups and 4 write bursts per period instead of one, for the server and its peers.
-PHASES = 1
 # Deadlines are sums of floats; a tick counts as due this close to its deadline so that
 # 0.02 + 0.02 + 0.02 < 0.06 does not leave a tick waiting for the next wake-up.
 _EPS = 1e-6
@@ -118,11 +104,6 @@ class PaceSchedule:
         """When `tick` is due on the current grid."""
         return self._anchor_time + (tick - self._anchor_tick) * self.period
 
-    def phase_time(self, tick: int, phase: int, phases: int) -> float:
-        """When phase `phase` of `phases` of `tick` is due: phase j runs j / phases of a
-        period before the tick's deadline (phase 0 at it)."""
-        return self.deadline(tick) - phase * self.period / phases
-
     def due(self, now: float) -> DueTicks:
         """Ticks to run at `now`, consuming them from the schedule."""
         first = self._next
@@ -160,10 +141,9 @@ class PaceSchedule:
 class Pacer:
     """Runs a PaceSchedule on a Clock and calls every subscriber once per tick.
 
-    Subscribers are called in the order they were added, phase by phase (spread=True:
-    see the module notes; `phases` of them per period, 1 = none). One added during a
-    tick first runs at the next tick; one removed during a tick is not called again, not
-    even later in that tick. A subscriber that raises is logged and removed; the others go on.
+    Subscribers are called in the order they were added. One added during a tick first
+    runs at the next tick; one removed during a tick is not called again, not even later
+    in that tick. A subscriber that raises is logged and removed; the others go on.
     `on_lateness` (e.g. a Prometheus Histogram's observe) receives each tick's lateness,
     `on_skipped` (e.g. a Counter's inc) the number of ticks dropped after each stall.
     A Pacer runs once: start() (or await run()), then stop().
@@ -178,25 +158,18 @@ class Pacer:
         late_after: float = 0.005,
         on_lateness: Callable[[float], None] | None = None,
         on_skipped: Callable[[int], None] | None = None,
-        phases: int = PHASES,
     ) -> None:
         if not period > 0:
             raise ValueError(f"pacer period must be positive, got {period}")
         if max_catch_up < 0:
             raise ValueError(f"max_catch_up must be >= 0, got {max_catch_up}")
-        if phases < 1:
-            raise ValueError(f"pacer phases must be >= 1, got {phases}")
         self._clock = clock
         self._period = period
         self._max_catch_up = max_catch_up
         self._late_after = late_after
         self._on_lateness = on_lateness
         self._on_skipped = on_skipped
-        self._phases = phases
-        self._subscribers: dict[Subscriber, int] = {}  # -> its phase
-        self._groups: list[dict[Subscriber, None]] = [{} for _ in range(phases)]
-        self._spread = [0] * phases  # spread subscribers per phase
-        self._ran = [-1] * phases  # the last tick each phase ran
+        self._subscribers: dict[Subscriber, None] = {}
         self._schedule: PaceSchedule | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -205,27 +178,16 @@ class Pacer:
 
     # -- subscribers ---------------------------------------------------------
 
-    def add(self, subscriber: Subscriber, *, spread: bool = False) -> int:
-        """Register; returns the subscriber's phase (always 0 unless `spread`)."""
+    def add(self, subscriber: Subscriber) -> None:
         if subscriber in self._subscribers:
             raise ValueError(f"pacer subscriber {subscriber!r} is already registered")
-        phase = 0
-        if spread:
-            counts = self._spread
-            phase = counts.index(min(counts))
-            counts[phase] += 1
-        self._subscribers[subscriber] = phase if spread else -1
-        self._groups[phase][subscriber] = None
-        return phase
+        self._subscribers[subscriber] = None
 
     def remove(self, subscriber: Subscriber) -> bool:
         """Unregister; False when it was not registered (e.g. already removed after raising)."""
-        tag = self._subscribers.pop(subscriber, None)
-        if tag is None:
+        if subscriber not in self._subscribers:
             return False
-        if tag >= 0:
-            self._spread[tag] -= 1
-        del self._groups[max(tag, 0)][subscriber]
+        del self._subscribers[subscriber]
         return True
 
     def __contains__(self, subscriber: object) -> bool:
@@ -279,19 +241,13 @@ class Pacer:
             self._clock.now(), self._period, self._max_catch_up, self._late_after
         )
         self._schedule = schedule
-        clock, ran = self._clock, self._ran
         try:
             while not self._stopping:
-                await self._run_early_phases(schedule)
-                await clock.sleep_until(schedule.wake_time)
-                due = schedule.due(clock.now())
+                await self._clock.sleep_until(schedule.wake_time)
+                due = schedule.due(self._clock.now())
                 if due.skipped:
                     self._report_skipped(due.skipped)
                 for tick, lateness in zip(due.ticks, due.lateness, strict=True):
-                    for phase in range(self._phases - 1, 0, -1):  # phases still owed
-                        if ran[phase] != tick:
-                            ran[phase] = tick
-                            self._run_group(phase, tick)
                     self._run_tick(tick, lateness)
                     if self._stopping:
                         break
@@ -326,40 +282,20 @@ class Pacer:
                 logger.exception("pacer on_skipped hook raised; hook removed")
                 self._on_skipped = None
 
-    async def _run_early_phases(self, schedule: PaceSchedule) -> None:
-        """Run the next tick's phases that come before its deadline, each at its time,
-        earliest first; stop once the tick itself is due (its loop runs the rest)."""
-        tick, clock, phases = schedule.next_tick, self._clock, self._phases
-        for phase in range(phases - 1, 0, -1):
-            if not self._groups[phase] or self._ran[phase] == tick:
-                continue
-            await clock.sleep_until(schedule.phase_time(tick, phase, phases) - _EPS)
-            if self._stopping or clock.now() >= schedule.wake_time:
-                return
-            self._ran[phase] = tick
-            self._run_group(phase, tick)
-
     def _run_tick(self, tick: int, lateness: float) -> None:
         self._current_tick = tick
-        self._ran[0] = tick
         if self._on_lateness is not None:
             try:
                 self._on_lateness(lateness)
             except Exception:
                 logger.exception("pacer on_lateness hook raised; hook removed")
                 self._on_lateness = None
-        self._run_group(0, tick)
-
-    def _run_group(self, phase: int, tick: int) -> None:
-        group = self._groups[phase]
-        if not group:
-            return
-        for subscriber in tuple(group):
-            if subscriber not in group:
+        for subscriber in tuple(self._subscribers):
+            if subscriber not in self._subscribers:
                 continue  # removed earlier in this tick
             try:
                 subscriber(tick)
             except Exception:
                 logger.exception("pacer subscriber %r raised at tick %d; removed", subscriber, tick)
-                self.remove(subscriber)
+                self._subscribers.pop(subscriber, None)
                 self._errors += 1

@@ -179,7 +179,7 @@ class StreamLeg:
         self._metrics.calls_active.labels(self.transport).inc()
         self._active = True
         self.started_at = self._last_rx = self._clock.now()
-        self._pacer.add(self._tick, spread=True)  # in phases if the pacer has them
+        self._pacer.add(self._tick)
         self._start_task = asyncio.get_running_loop().create_task(
             self._run_start(), name=f"stream-start-{self.info.call_id}")
 
