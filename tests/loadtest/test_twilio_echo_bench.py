@@ -17,6 +17,7 @@ import time
 import pytest
 
 from loadtest import twilio_echo_bench as bench
+from loadtest import twilio_stream_client as client
 from loadtest import ws_frames as wf
 from tests.loadtest.test_ws_frames import parse_all, server_frame
 
@@ -44,8 +45,8 @@ class FakeTransport(asyncio.Transport):
         self.closing = self.aborted = True
 
 
-def _connect() -> tuple[bench.StreamProtocol, FakeTransport, bytes]:
-    proto = bench.StreamProtocol(bench.Stream(1), "127.0.0.1:1", "/twilio/stream")
+def _connect() -> tuple[client.StreamProtocol, FakeTransport, bytes]:
+    proto = client.StreamProtocol(client.Stream(1), "127.0.0.1:1", "/twilio/stream")
     t = FakeTransport()
     proto.connection_made(t)
     request = bytes(t.out).decode()
@@ -171,19 +172,19 @@ async def test_the_batch_reader_stamps_arrivals_with_the_kernels_time_and_hands_
         ) -> None:
     loop = asyncio.get_running_loop()
     keeper = _tcp_pair()  # keeps the kernel stamping during the test
-    keeper[1].setsockopt(socket.SOL_SOCKET, bench.SO_TIMESTAMPNS, 1)
+    keeper[1].setsockopt(socket.SOL_SOCKET, client.SO_TIMESTAMPNS, 1)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
     sock = socket.socket()
     sock.setblocking(False)
-    sock.setsockopt(socket.SOL_SOCKET, bench.SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, client.SO_TIMESTAMPNS, 1)
     await loop.sock_connect(sock, listener.getsockname())
     server, _ = listener.accept()
     server.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # no Nagle wait for an ACK
     listener.close()
     _, proto = await loop.create_connection(
-        lambda: bench.StreamProtocol(bench.Stream(7), "127.0.0.1", "/twilio/stream"),
+        lambda: client.StreamProtocol(client.Stream(7), "127.0.0.1", "/twilio/stream"),
         sock=sock)
     proto.sock = sock
     request = server.recv(4096).decode()
@@ -193,7 +194,7 @@ async def test_the_batch_reader_stamps_arrivals_with_the_kernels_time_and_hands_
                    "\r\n\r\n".encode())
     await asyncio.wait_for(proto.opened, 10)
     assert _kernel_stamps_on(keeper)
-    reader = bench.BatchReader()
+    reader = client.BatchReader()
     try:
         reader.add(proto, sock)
         proto.send_text(b'{"event":"connected"}')  # straight to the socket
