@@ -100,7 +100,6 @@ class StreamLeg:
         self._closed = asyncio.Event()
         self._pending: list[bytes] = []  # frames popped but not yet written
         self._play_pos = 0  # tick index at which the audio sent so far ends
-        self._last_tick = -1  # the last pacer tick this leg ran (its phase may lead the pacer's)
         self._timed: deque[tuple[int, str]] = deque()  # (tick it has played by, mark)
         self._echo: dict[str, str] = {}  # wire name -> mark, sent and not yet echoed
         self._cleared: list[str] = []  # marks to report as not played on the next tick
@@ -155,7 +154,7 @@ class StreamLeg:
         self._write_clear()
 
     def queued_seconds(self) -> float:
-        ahead = max(0, self._play_pos - self._last_tick - 1)
+        ahead = max(0, self._play_pos - self._pacer.tick - 1)
         return self._out.queued_seconds() + (len(self._pending) + ahead) * FRAME
 
     def send_dtmf(self, digits: str) -> None:
@@ -278,7 +277,6 @@ class StreamLeg:
     # -- the pacer tick ---------------------------------------------------------------
 
     def _tick(self, index: int) -> None:
-        self._last_tick = index
         if self.reason is not None:
             return
         try:
