@@ -205,16 +205,9 @@ class Switchboard:
                            on_skipped=self.metrics.pacer_skipped_ticks_total.inc)
         self.pacer.start()
         if self.worker is not None:
-            await self._start_worker(self.worker)
-            return
-        self.sip = SipServer(_sip_server_config(self.config.sip), handler_factory=self.handler_for,
-                             clock=self.clock, metrics=self.metrics, pacer=self.pacer)
-        if self.sip.endpoint.targets is not None:  # the dialplan's transfer targets are allowed
-            self.sip.endpoint.targets.add_rule(listed_targets(self._transfer_targets))
-        await self.sip.start()
-        await self.outbound.start(self.sip)
-        # Stream doors share the SIP side's pacer. With workers, AudioSocket is theirs.
-        await self.streams.start(self.pacer, audiosocket_server=self.workers is None)
+            await self.streams.start(self.pacer, reuse_port=True)  # AudioSocket's port shared
+        else:
+            await self._start_sip_and_doors()
         self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
         self._watch_resources(asyncio.get_running_loop())
         if self.reloader is not None:
@@ -224,19 +217,25 @@ class Switchboard:
                      len(self.agents.plan.routes))
         self._ready = True
         self.metrics.ready.set(1)
+        if self.worker is not None:
+            self._take_connections(self.worker)
 
-    async def _start_worker(self, role: WorkerRole) -> None:
-        """A worker: its doors (AudioSocket on the shared port), then connections."""
+    async def _start_sip_and_doors(self) -> None:
         assert self.pacer is not None
-        await self.streams.start(self.pacer, reuse_port=True)
-        self._lag_probe = asyncio.create_task(self._probe_loop_lag(), name="loop-lag-probe")
-        self._watch_resources(asyncio.get_running_loop())
+        self.sip = SipServer(_sip_server_config(self.config.sip), handler_factory=self.handler_for,
+                             clock=self.clock, metrics=self.metrics, pacer=self.pacer)
+        if self.sip.endpoint.targets is not None:  # the dialplan's transfer targets are allowed
+            self.sip.endpoint.targets.add_rule(listed_targets(self._transfer_targets))
+        await self.sip.start()
+        await self.outbound.start(self.sip)
+        # Stream doors share the SIP side's pacer. With workers, AudioSocket is theirs.
+        await self.streams.start(self.pacer, audiosocket_server=self.workers is None)
+
+    def _take_connections(self, role: WorkerRole) -> None:
+        """A worker, ready: take connections from the main process, report the load."""
         role.ctrl.setblocking(False)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(role.ctrl.fileno(), self._on_handoff, role)
+        asyncio.get_running_loop().add_reader(role.ctrl.fileno(), self._on_handoff, role)
         self._load_report = asyncio.create_task(self._report_load(role), name="worker-load")
-        self._ready = True
-        self.metrics.ready.set(1)
         role.ctrl.send(b"ready")
 
     def _on_handoff(self, role: WorkerRole) -> None:
