@@ -51,7 +51,7 @@ from streams.asterisk_ws_messages import (
 from streams.auth import token_accepted
 from streams.context import StreamContext
 from streams.leg import Pacing, StreamLeg
-from streams.wsout import WsOutbox, accept_websocket, close_code
+from streams.wsout import WsOutbox, accept_websocket, bad_frame, close_code
 
 __all__ = ["PATH", "SUBPROTOCOL", "TRANSPORT", "AsteriskWsDoor", "AsteriskWsLeg",
            "AsteriskWsSettings", "add_routes", "call_info"]
@@ -248,10 +248,7 @@ class AsteriskWsDoor:
                 if reason is not None:
                     return reason
             else:  # ERROR: the message was too big or the frame broken
-                data = getattr(msg, "data", None)
-                kind = "too_large" if getattr(data, "code", None) == 1009 else "transport_error"
-                self.ctx.invalid(TRANSPORT, kind)
-                return "too_large" if kind == "too_large" else "protocol_error"
+                return bad_frame(self.ctx, TRANSPORT, msg)
         # Asterisk closes the WebSocket when the channel hangs up.
         return "remote_hangup" if ws.close_code in (1000, 1001) else "disconnect"
 

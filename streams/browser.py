@@ -43,7 +43,7 @@ from streams.auth import is_loopback, token_accepted
 from streams.browser_events import ConsoleEvents, state_message
 from streams.context import StreamContext
 from streams.leg import Pacing, StreamLeg
-from streams.wsout import WsOutbox, accept_websocket, close_code
+from streams.wsout import WsOutbox, accept_websocket, bad_frame, close_code
 
 __all__ = ["CLEAR", "FRAME_BYTES", "PATH", "RATE", "BrowserDoor", "BrowserLeg",
            "BrowserMessageError", "BrowserSettings", "StartMessage", "add_routes",
@@ -260,10 +260,7 @@ class BrowserDoor:
                     return "remote_hangup"
                 log.debug("browser stream %s: text ignored: %.80s", leg.info.call_id, msg.data)
             else:  # ERROR: the message was too big or the frame broken
-                code = getattr(getattr(msg, "data", None), "code", None)
-                kind = "too_large" if code == 1009 else "transport_error"
-                self.ctx.invalid(TRANSPORT, kind)
-                return "too_large" if kind == "too_large" else "protocol_error"
+                return bad_frame(self.ctx, TRANSPORT, msg)
         return "disconnect"
 
 

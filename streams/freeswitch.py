@@ -37,7 +37,7 @@ from pipeline.leg import CallHandler, CallInfo
 from streams.auth import token_accepted
 from streams.context import StreamContext
 from streams.leg import DTMF_DIGITS, Pacing, StreamLeg
-from streams.wsout import WsOutbox, accept_websocket, close_code
+from streams.wsout import WsOutbox, accept_websocket, bad_frame, close_code
 
 __all__ = ["CLEAR_AUDIO", "PATH", "FreeswitchDoor", "FreeswitchLeg", "FreeswitchSettings",
            "MetadataError", "add_routes", "metadata_rate", "parse_metadata"]
@@ -220,10 +220,7 @@ class FreeswitchDoor:
                 if reason is not None:
                     return reason
             else:  # ERROR: the message was too big or the frame broken
-                data = getattr(msg, "data", None)
-                kind = "too_large" if getattr(data, "code", None) == 1009 else "transport_error"
-                self.ctx.invalid(TRANSPORT, kind)
-                return "too_large" if kind == "too_large" else "protocol_error"
+                return bad_frame(self.ctx, TRANSPORT, msg)
         return "disconnect"
 
     def _text(self, leg: FreeswitchLeg, text: str) -> str | None:

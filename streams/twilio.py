@@ -52,7 +52,7 @@ from streams.twilio_messages import (
     parse_message,
 )
 from streams.twilio_rest import TwilioCalls, TwilioRestError
-from streams.wsout import WsOutbox, accept_websocket, close_code
+from streams.wsout import WsOutbox, accept_websocket, bad_frame, close_code
 
 __all__ = ["STREAM_PATH", "VOICE_PATH", "TwilioDoor", "TwilioLeg", "TwilioSettings", "add_routes"]
 
@@ -285,10 +285,8 @@ class TwilioDoor:
             msg = await receive()
             if msg.type in _ENDED:
                 break
-            if msg.type is not WSMsgType.TEXT:
-                kind = _error_kind(msg)
-                invalid(TRANSPORT, kind)
-                return "too_large" if kind == "too_large" else "protocol_error"
+            if msg.type is not WSMsgType.TEXT:  # binary, too big or broken: the stream ends
+                return bad_frame(self.ctx, TRANSPORT, msg, _error_kind(msg))
             try:
                 message = parse_message(msg.data)
             except UnknownEventError:

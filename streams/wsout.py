@@ -27,7 +27,7 @@ from aiohttp import WSCloseCode, web
 if TYPE_CHECKING:
     from streams.context import StreamContext
 
-__all__ = ["DoorWebSocket", "WsOutbox", "accept_websocket", "close_code", "ws_frame"]
+__all__ = ["DoorWebSocket", "WsOutbox", "accept_websocket", "bad_frame", "close_code", "ws_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,17 @@ _CLOSE_CODES = {
 
 def close_code(reason: str) -> WSCloseCode:
     return _CLOSE_CODES.get(reason, WSCloseCode.OK)
+
+
+def bad_frame(ctx: StreamContext, transport: str, msg: object, kind: str | None = None) -> str:
+    """A WebSocket message that ends a door's stream: count it as invalid and return why
+    the stream ends. `kind`, the metric label, is by default too_large for a message over
+    the size limit (close code 1009) and transport_error for any other broken frame."""
+    if kind is None:
+        code = getattr(getattr(msg, "data", None), "code", None)
+        kind = "too_large" if code == 1009 else "transport_error"
+    ctx.invalid(transport, kind)
+    return "too_large" if kind == "too_large" else "protocol_error"
 
 
 OP_TEXT = 0x1
