@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 
 from streams.twilio_messages import Connected, Media, Start
+from tests.dialplan.test_serve import PLAN, _twilio_stream_close
 from tests.helpers import free_port, switchboard
 from tests.streams.test_app import _audiosocket_call, _twilio_call
 
@@ -155,3 +156,16 @@ def test_workers_that_cannot_start_leave_the_streams_to_the_main_process(
             got = asyncio.run(_twilio_call(server.http_port))  # served here instead
             assert got and all(len(p) == 160 for p in got)
             assert "stream worker 0 exited" in server.log()
+
+
+def test_workers_follow_an_edited_dialplan(tmp_path: Path) -> None:
+    plan = tmp_path / "dialplan.yaml"
+    plan.write_text(PLAN)
+    env = {**_env(free_port()), "SWITCHBOARD_DIALPLAN": str(plan),
+           "SWITCHBOARD_DIALPLAN_POLL_SECONDS": "0.2"}
+    with switchboard(tmp_path, "--agent", "echo", env=env) as server:
+        # the plan routes To +15550002222 to an agent; after the edit no route takes it
+        plan.write_text(PLAN.replace("+15550002222", "+15550003333"))
+        reloaded = 'switchboard_dialplan_reloads_total{outcome="ok"} 3.0'  # main + 2 workers
+        _wait(lambda: reloaded in server.metrics(), timeout=30)
+        assert asyncio.run(_twilio_stream_close(server.http_port, "+15550002222")) == 1008
