@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 
@@ -13,6 +12,7 @@ from loadtest.command import add_loadtest_command
 from switchboard import __version__
 from switchboard.config import Config, ConfigError, load_config
 from switchboard.dial import add_call_command
+from switchboard.eventloop import run
 from switchboard.logs import setup_logging
 from switchboard.records.cli import add_calls_command
 
@@ -30,7 +30,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load(args)
     setup_logging(config.log.level, config.log.format)
-    asyncio.run(Switchboard(config).run_until_stopped())
+    run(Switchboard(config).run_until_stopped(), config.event_loop)
     return 0
 
 

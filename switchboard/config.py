@@ -359,6 +359,8 @@ class Config(_Section):
     dialplan_poll_seconds: float = Field(default=2.0, ge=0, le=3600)  # 0: SIGHUP only
     # SIGTERM: stop taking calls at once, let calls in progress go on this long, then end them.
     shutdown_drain_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # uvloop (the default) or the standard asyncio loop (switchboard.eventloop)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     sip: SipConfig = SipConfig()
     http: HttpConfig = HttpConfig()
     asr: AsrConfig = AsrConfig()

@@ -11,7 +11,6 @@ main process goes away.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import socket
@@ -20,6 +19,7 @@ import sys
 from pydantic import ValidationError
 
 from switchboard.config import Config
+from switchboard.eventloop import run
 from switchboard.logs import setup_logging
 
 log = logging.getLogger("switchboard.worker")
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from switchboard.app import Switchboard  # after logging: loading it logs
 
     role = WorkerRole(ctrl, int(args[1]), int(args[2]), args[3])
-    asyncio.run(Switchboard(config, worker=role).run_until_stopped())
+    run(Switchboard(config, worker=role).run_until_stopped(), config.event_loop)
     return 0
 
 
