@@ -149,6 +149,7 @@ def _halver_phases(points: int, cutoff: float, attenuation_db: float) -> list[np
 
 _H_EVEN, _H_ODD = _halver_phases(_POINTS, 3800 / 8000, 70.0)
 _H_HISTORY = _POINTS - 1  # input samples each output reaches back (even)
+_H_HALF = _H_HISTORY // 2  # of them, in each of the even and odd sample buffers
 _H_LAG = (_POINTS - 1) // 4  # output samples of filter delay: the centre tap, halved
 
 
@@ -158,10 +159,13 @@ class _Halver:
     over the input; the even and odd taps meet the even and odd input samples, so it is
     two correlations of half the length, not one at full rate with half thrown away."""
 
-    __slots__ = ("_buf", "_done", "_odd", "_seen", "_skip")
+    __slots__ = ("_done", "_evens", "_odd", "_odds", "_seen", "_skip")
 
     def __init__(self) -> None:
-        self._buf = np.zeros(_H_HISTORY + 320)  # history, then the chunk being filtered
+        # The input's even and odd samples in two contiguous buffers (history, then the
+        # chunk being filtered): np.correlate over a strided view costs a copy each time.
+        self._evens = np.zeros(_H_HALF + 160)
+        self._odds = np.zeros(_H_HALF + 160)
         self._odd: np.ndarray | None = None  # a last input sample waiting for its pair
         self._skip = _H_LAG
         self._seen = 0
@@ -176,14 +180,17 @@ class _Halver:
         n = len(x)
         if n == 0:
             return b""
-        buf = self._buf
-        if len(buf) != _H_HISTORY + n:
-            buf = self._buf = np.concatenate((buf[:_H_HISTORY], np.zeros(n)))
-        buf[_H_HISTORY:] = x
         half = n // 2
-        out = np.correlate(buf[0::2], _H_EVEN, "valid")
-        out += np.correlate(buf[1::2], _H_ODD, "valid")[:half]
-        buf[:_H_HISTORY] = buf[n:]
+        evens, odds = self._evens, self._odds
+        if len(evens) != _H_HALF + half:  # another chunk size: carry the history over
+            evens = self._evens = np.concatenate((evens[:_H_HALF], np.zeros(half)))
+            odds = self._odds = np.concatenate((odds[:_H_HALF], np.zeros(half)))
+        evens[_H_HALF:] = x[0::2]
+        odds[_H_HALF:] = x[1::2]
+        out = np.correlate(evens, _H_EVEN, "valid")
+        out += np.correlate(odds, _H_ODD, "valid")[:half]
+        evens[:_H_HALF] = evens[half:]
+        odds[:_H_HALF] = odds[half:]
         if self._skip:
             cut = min(self._skip, half)
             self._skip -= cut
