@@ -280,6 +280,28 @@ class TwilioDoor:
 
     async def _read(self, ws: web.WebSocketResponse, leg: TwilioLeg) -> str:
         """Dispatch the stream's messages until it ends; returns why it ended."""
+        direct = getattr(ws, "direct", None)
+        if direct is not None:  # media, marks and digits skip the queue (streams.wsdirect)
+            direct.deliver = lambda data: self._deliver(leg, data)
+        try:
+            return await self._read_queued(ws, leg)
+        finally:
+            if direct is not None:
+                direct.deliver = None
+
+    def _deliver(self, leg: TwilioLeg, data: str | bytes) -> bool:
+        """A message straight from the parser: True when dispatched. A stop, anything
+        malformed or out of order is left to _read_queued, which ends the stream."""
+        try:
+            message = parse_message(data)
+        except TwilioMessageError:
+            return False
+        if type(message) not in _DIRECT:
+            return False
+        self._dispatch(leg, message)
+        return True
+
+    async def _read_queued(self, ws: web.WebSocketResponse, leg: TwilioLeg) -> str:
         sid, invalid, receive = leg.stream_sid, self.ctx.invalid, ws.receive
         while True:  # `async for msg in ws`, less one coroutine per message
             msg = await receive()
@@ -297,22 +319,28 @@ class TwilioDoor:
                 log.warning("twilio stream %s: %s", sid, exc)
                 invalid(TRANSPORT, "malformed")
                 return "protocol_error"
-            if isinstance(message, Media):
-                if message.stream_sid != sid:
-                    invalid(TRANSPORT, "wrong_stream")
-                elif message.track == "inbound":
-                    leg.receive_audio(message.payload, (message.timestamp + 10) // 20)
-            elif isinstance(message, Mark):
-                leg.receive_mark(message.name)
-            elif isinstance(message, Dtmf):
-                leg.receive_dtmf(message.digit, "stream")
-            elif isinstance(message, Stop):
+            if isinstance(message, Stop):
                 return "remote_stop"
+            if type(message) in _DIRECT:
+                self._dispatch(leg, message)
             else:
                 invalid(TRANSPORT, "out_of_order")
         return "disconnect"
 
+    def _dispatch(self, leg: TwilioLeg, message: Media | Mark | Dtmf) -> None:
+        if isinstance(message, Media):
+            if message.stream_sid != leg.stream_sid:
+                self.ctx.invalid(TRANSPORT, "wrong_stream")
+            elif message.track == "inbound":
+                leg.receive_audio(message.payload, (message.timestamp + 10) // 20)
+        elif isinstance(message, Mark):
+            leg.receive_mark(message.name)
+        else:
+            leg.receive_dtmf(message.digit, "stream")
 
+
+# Messages that never end a stream: the ones the parser may hand over directly.
+_DIRECT = frozenset({Media, Mark, Dtmf})
 _ENDED = frozenset({WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED})
 
 

@@ -20,9 +20,11 @@ import struct
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSCloseCode, web
+
+from streams import wsdirect
 
 if TYPE_CHECKING:
     from streams.context import StreamContext
@@ -86,9 +88,15 @@ def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
 
 class DoorWebSocket(web.WebSocketResponse):
     """A WebSocketResponse that keeps the request's transport once prepared, so a
-    WsOutbox can write frames to it without a task."""
+    WsOutbox can write frames to it without a task, and whose data messages a door can
+    take directly (streams.wsdirect: `direct.deliver`; None on an aiohttp without it)."""
 
     door_transport: asyncio.Transport | None = None
+    direct: Any = None
+
+    def _post_start(self, request: Any, protocol: Any, writer: Any) -> None:
+        super()._post_start(request, protocol, writer)
+        self.direct = wsdirect.install(self, request)
 
 
 class _Burst:
