@@ -3,13 +3,17 @@
 aiohttp only writes through coroutines, and the pacer tick that produces audio cannot
 await. The common case needs no await all the same: nothing is queued and the socket
 keeps up, so the message is framed here (an unmasked server frame, RFC 6455 §5.2) and
-written straight to the request's transport right after the current callback (the
-pacer's tick), together with every other stream's: one burst per tick, as the writer
-tasks used to make, which the far ends read in fewer wake-ups. Otherwise it goes to the
-stream's one writer task, fed from two queues: control messages (a Twilio `clear`,
-FreeSWITCH's clearAudio) go before any audio still waiting, and audio not yet written is
-dropped at barge-in. Order holds either way, since a message is only written directly
-when the task has nothing queued or in hand.
+written to the request's transport at once, from inside the tick. A frame is on the wire
+as soon as it is made, so when a stream's frame goes out depends only on the streams
+ticked before it, not on how long the whole tick takes. (Holding every stream's frame
+for one burst after the tick, as this did before, made each frame wait for the slowest
+part of the tick: at 200 Twilio streams in two workers, p99 frame-interval jitter
+20.0/8.3/20.0 ms and max 135-288 ms in three runs, against 12.9/9.3/11.1 ms and max
+80 ms writing at once.) Otherwise it goes to the stream's one writer task, fed from two
+queues: control messages (a Twilio `clear`, FreeSWITCH's clearAudio) go before any audio
+still waiting, and audio not yet written is dropped at barge-in. Order holds either
+way, since a message is only written directly when the task has nothing queued or in
+hand.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -99,40 +102,6 @@ class DoorWebSocket(web.WebSocketResponse):
         self.direct = wsdirect.install(self, request)
 
 
-class _Burst:
-    """The frames written directly during one callback of a loop, sent right after it."""
-
-    __slots__ = ("items", "loop", "scheduled")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.items: list[tuple[WsOutbox, int, bytes]] = []
-        self.scheduled = False
-
-    def add(self, outbox: WsOutbox, epoch: int, frame: bytes) -> None:
-        self.items.append((outbox, epoch, frame))
-        if not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        items, self.items = self.items, []
-        self.scheduled = False
-        for outbox, epoch, frame in items:
-            outbox._write_now(epoch, frame)
-
-
-_bursts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Burst] = (
-    weakref.WeakKeyDictionary())
-
-
-def _burst(loop: asyncio.AbstractEventLoop) -> _Burst:
-    burst = _bursts.get(loop)
-    if burst is None:
-        burst = _bursts[loop] = _Burst(loop)
-    return burst
-
-
 class WsOutbox:
     """The write side of one WebSocket. Audio is written at once when nothing waits
     before it and the transport keeps up (see the module notes); otherwise one task
@@ -161,9 +130,6 @@ class WsOutbox:
         self._transport = None if ws.compress else transport
         self._limit = write_buffer_limit
         self.direct = 0  # messages written without the task
-        self._burst = _burst(asyncio.get_running_loop())
-        self._held = 0  # frames in the burst, not yet written
-        self._epoch = 0  # bumped by drop_audio: frames of an older epoch are dropped
         self._task = asyncio.get_running_loop().create_task(self._run(), name=name)
 
     def audio(self, message: str | bytes) -> None:
@@ -178,8 +144,7 @@ class WsOutbox:
                 frame = ws_frame(message.encode(), OP_TEXT)
             else:
                 frame = ws_frame(message, OP_BINARY)  # type: ignore[arg-type]
-            self._held += 1
-            self._burst.add(self, self._epoch, frame)
+            transport.write(frame)
             self.direct += 1
             return
         if len(audio) >= self._max_backlog:
@@ -196,25 +161,10 @@ class WsOutbox:
 
     def drop_audio(self) -> None:
         self._audio.clear()
-        self._epoch += 1
 
     @property
     def backlog(self) -> int:
-        return len(self._audio) + len(self._control) + self._held
-
-    def _write_now(self, epoch: int, frame: bytes) -> None:
-        """A frame from the burst. It is dropped like queued audio by drop_audio and
-        close; a transport that closed meanwhile fails the stream as a send would."""
-        self._held -= 1
-        if epoch != self._epoch or self._closing or self._ws.closed:
-            return
-        transport = self._transport
-        assert transport is not None
-        if transport.is_closing():
-            self._closing = True
-            self._on_failure("disconnect")
-            return
-        transport.write(frame)
+        return len(self._audio) + len(self._control)
 
     async def _run(self) -> None:
         ws, audio, control = self._ws, self._audio, self._control
@@ -223,8 +173,6 @@ class WsOutbox:
                 await self._wake.wait()
                 self._wake.clear()
                 self._busy = True
-                if self._held:  # frames written before these messages go out first
-                    self._burst.flush()
                 while control or audio:
                     message = control.popleft() if control else audio.popleft()
                     if type(message) is str:
@@ -246,7 +194,6 @@ class WsOutbox:
         WebSocket with the code `reason` deserves."""
         self._closing = True
         self._audio.clear()
-        self._epoch += 1
         task = self._task
         if not task.done():
             task.cancel()

@@ -1,4 +1,4 @@
-"""WsOutbox: direct frame writes (in one burst right after the tick) when the socket
+"""WsOutbox: direct frame writes (at once, from inside the tick) when the socket
 keeps up, the writer task otherwise, one order either way; the frame builder against
 RFC 6455 and aiohttp's own reader."""
 
@@ -62,6 +62,8 @@ class FakeWs:
     async def send_str(self, data: str) -> None:
         if self.stalled is not None:
             await self.stalled.wait()
+        if self.transport.closing:  # as aiohttp's writer does
+            raise ConnectionResetError("Cannot write to closing transport")
         self.transport.frames.append(ws_frame(data.encode(), OP_TEXT))
 
     async def send_bytes(self, data: bytes) -> None:
@@ -87,9 +89,7 @@ async def test_direct_when_idle_and_in_order() -> None:
     out = WsOutbox(FakeWs(t), failures.append, transport=t)  # type: ignore[arg-type]
     out.audio("a1")
     out.audio(b"\x01\x02")
-    assert t.frames == [] and out.backlog == 2  # held for the burst after this callback
-    await asyncio.sleep(0)
-    assert texts(t) == ["a1", repr(b"\x01\x02")]  # no task needed
+    assert texts(t) == ["a1", repr(b"\x01\x02")]  # at once: no task, no waiting
     assert out.direct == 2 and out.backlog == 0
     out.control("clear")  # control goes through the task ...
     out.audio("a2")  # ... and audio after it waits its turn
@@ -97,28 +97,34 @@ async def test_direct_when_idle_and_in_order() -> None:
     await until(lambda: out.backlog == 0)
     assert texts(t)[2:] == ["clear", "a2"]
     out.audio("a3")
-    out.control("c2")  # queued after a held frame: still after it on the wire
+    out.control("c2")  # after a direct frame: still after it on the wire
     await until(lambda: out.backlog == 0)
     assert texts(t)[-2:] == ["a3", "c2"] and out.direct == 3
     await out.close("remote_stop")
     assert failures == []
 
 
-async def test_held_frames_are_dropped_like_queued_audio() -> None:
+async def test_barge_in_drops_queued_audio_and_a_closed_peer_fails_the_stream() -> None:
     t = FakeTransport()
     failures: list[str] = []
-    out = WsOutbox(FakeWs(t), failures.append, transport=t)  # type: ignore[arg-type]
-    out.audio("before-barge-in")
-    out.drop_audio()  # barge-in in the same tick: not on the wire yet, so never sent
-    out.control("clear")
-    out.audio("after")
-    await until(lambda: out.backlog == 0)
-    assert texts(t) == ["clear", "after"]
-    out.audio("gone")
-    t.closing = True  # the peer vanished before the burst
+    ws = FakeWs(t)
+    ws.stalled = asyncio.Event()
+    out = WsOutbox(ws, failures.append, transport=t)  # type: ignore[arg-type]
+    out.audio("sent")  # on the wire at once: a barge-in now is the far end's to clear
+    out.control("clear")  # the task takes it and stalls in send_str ...
+    out.audio("queued")  # ... so this waits behind it
     await asyncio.sleep(0)
-    assert failures == ["disconnect"] and texts(t) == ["clear", "after"]
+    out.drop_audio()  # barge-in: the queued audio never goes out
+    out.control("clear")
+    ws.stalled.set()
+    await until(lambda: out.backlog == 0)
+    assert texts(t) == ["sent", "clear", "clear"]
+    t.closing = True  # the peer vanished
+    out.audio("gone")
+    await until(lambda: bool(failures))
+    assert failures == ["disconnect"] and texts(t) == ["sent", "clear", "clear"]
     out2 = WsOutbox(FakeWs(t2 := FakeTransport()), [].append, transport=t2)  # type: ignore[arg-type]
+    t2.buffered = 1 << 20  # backed up: audio waits in the queue
     out2.audio("unsent")
     await out2.close("remote_stop")  # closing drops audio not yet written
     assert t2.frames == []
