@@ -51,6 +51,7 @@ from streams.asterisk_ws_messages import (
 from streams.auth import token_accepted
 from streams.context import StreamContext
 from streams.leg import Pacing, StreamLeg
+from streams.wsdirect import delivering
 from streams.wsout import WsOutbox, accept_websocket, bad_frame, close_code
 
 __all__ = ["PATH", "SUBPROTOCOL", "TRANSPORT", "AsteriskWsDoor", "AsteriskWsLeg",
@@ -239,6 +240,19 @@ class AsteriskWsDoor:
             await leg.close(reason)
 
     async def _read(self, ws: web.WebSocketResponse, leg: AsteriskWsLeg) -> str:
+        # Audio skips the queue (streams.wsdirect).
+        with delivering(ws, lambda data: self._deliver(leg, data)):
+            return await self._read_queued(ws, leg)
+
+    def _deliver(self, leg: AsteriskWsLeg, data: str | bytes) -> bool:
+        """Audio straight from the parser; control messages are left to the reader."""
+        if isinstance(data, str):
+            return False
+        if data:
+            leg.receive_audio(data)
+        return True
+
+    async def _read_queued(self, ws: web.WebSocketResponse, leg: AsteriskWsLeg) -> str:
         async for msg in ws:
             if msg.type is WSMsgType.BINARY:
                 if msg.data:

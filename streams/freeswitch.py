@@ -37,6 +37,7 @@ from pipeline.leg import CallHandler, CallInfo
 from streams.auth import token_accepted
 from streams.context import StreamContext
 from streams.leg import DTMF_DIGITS, Pacing, StreamLeg
+from streams.wsdirect import delivering
 from streams.wsout import WsOutbox, accept_websocket, bad_frame, close_code
 
 __all__ = ["CLEAR_AUDIO", "PATH", "FreeswitchDoor", "FreeswitchLeg", "FreeswitchSettings",
@@ -210,6 +211,18 @@ class FreeswitchDoor:
         return None
 
     async def _read(self, ws: web.WebSocketResponse, leg: FreeswitchLeg) -> str:
+        # Whole audio frames skip the queue (streams.wsdirect).
+        with delivering(ws, lambda data: self._deliver(leg, data)):
+            return await self._read_queued(ws, leg)
+
+    def _deliver(self, leg: FreeswitchLeg, data: str | bytes) -> bool:
+        """Audio straight from the parser; text and bad sizes are left to the reader."""
+        if isinstance(data, str) or not data or len(data) % (leg.wire_rate // 50 * 2):
+            return False
+        leg.receive_audio(data)
+        return True
+
+    async def _read_queued(self, ws: web.WebSocketResponse, leg: FreeswitchLeg) -> str:
         async for msg in ws:
             if msg.type is WSMsgType.BINARY:
                 reason = self._audio(leg, msg.data)

@@ -52,6 +52,7 @@ from streams.twilio_messages import (
     parse_message,
 )
 from streams.twilio_rest import TwilioCalls, TwilioRestError
+from streams.wsdirect import delivering
 from streams.wsout import WsOutbox, accept_websocket, bad_frame, close_code
 
 __all__ = ["STREAM_PATH", "VOICE_PATH", "TwilioDoor", "TwilioLeg", "TwilioSettings", "add_routes"]
@@ -280,14 +281,9 @@ class TwilioDoor:
 
     async def _read(self, ws: web.WebSocketResponse, leg: TwilioLeg) -> str:
         """Dispatch the stream's messages until it ends; returns why it ended."""
-        direct = getattr(ws, "direct", None)
-        if direct is not None:  # media, marks and digits skip the queue (streams.wsdirect)
-            direct.deliver = lambda data: self._deliver(leg, data)
-        try:
+        # Media, marks and digits skip the queue (streams.wsdirect).
+        with delivering(ws, lambda data: self._deliver(leg, data)):
             return await self._read_queued(ws, leg)
-        finally:
-            if direct is not None:
-                direct.deliver = None
 
     def _deliver(self, leg: TwilioLeg, data: str | bytes) -> bool:
         """A message straight from the parser: True when dispatched. A stop, anything

@@ -6,7 +6,9 @@ resumes in `receive()`. A media stream gets a message every 20 ms, so that hand-
 paid 50 times a second per stream (about 8 % of a stream worker at 120 Twilio streams).
 Here the queue is replaced by one that, while a door has set `deliver`, gives each text
 or binary message to it synchronously, right in the parser's data_received; the door
-takes the hot, non-ending messages (Twilio media, marks, digits) and returns True.
+takes the hot, non-ending messages and returns True: Twilio media, marks and digits,
+FreeSWITCH's whole audio frames, Asterisk chan_websocket's audio. (The browser
+console's door, a few calls at most, keeps the plain reader.)
 Everything else (a `stop`, something malformed, a close or ping frame) is left queued
 for the door's reading coroutine, which ends the stream as before. A message is only
 delivered directly while nothing is queued ahead of it, so order is kept.
@@ -21,12 +23,13 @@ the pinned aiohttp gets.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
-__all__ = ["Deliver", "install"]
+__all__ = ["Deliver", "delivering", "install"]
 
 log = logging.getLogger(__name__)
 
@@ -95,3 +98,18 @@ def install(ws: web.WebSocketResponse, request: web.BaseRequest) -> Any | None:
     ws._parser = parser
     request.protocol._payload_parser = parser
     return queue
+
+
+@contextmanager
+def delivering(ws: web.WebSocketResponse, deliver: Deliver) -> Iterator[bool]:
+    """While inside: `ws`'s data messages go to `deliver` first (see the module notes).
+    Yields whether they do: False on a WebSocket without a DirectQueue."""
+    queue = getattr(ws, "direct", None)
+    if queue is None:
+        yield False
+        return
+    queue.deliver = deliver
+    try:
+        yield True
+    finally:
+        queue.deliver = None
