@@ -22,6 +22,10 @@ side runs elsewhere while here it shares the cores with the server; `--client-pr
 K` spreads the streams over K processes. This module starts the server, runs the levels
 and reports.
 
+`--repeat R` runs each level R times, each against a fresh server, and adds a line: in
+how many runs it held, and the median and range of p99 jitter and server CPU (on a
+shared VM one run is not a verdict: p99 at 200 streams has ranged 6-20 ms).
+
 It prints numbers and asserts nothing. Bounded: at most 1000 streams, 120 s per level,
 loopback only. The target in the issue: zero dropped streams and p99 jitter <= 10 ms.
 """
@@ -297,6 +301,25 @@ async def _level(n: int, seconds: float, frames: list[bytes], processes: int = 1
     return result
 
 
+def held(r: dict[str, object], max_p99_ms: float = 10.0) -> bool:
+    """The issue's bar for one run: no stream dropped and p99 jitter <= 10 ms."""
+    return r["dropped"] == 0 and float(r["jitter_ms_p99"]) <= max_p99_ms  # type: ignore[arg-type]
+
+
+def summarise_runs(runs: Sequence[dict[str, object]]) -> dict[str, object]:
+    """Repeated runs of one level: on a shared VM one run is not a verdict, so say in how
+    many it held, and the spread of p99 jitter and server CPU."""
+    p99 = sorted(float(r["jitter_ms_p99"]) for r in runs)  # type: ignore[arg-type]
+    cpu = sorted(float(r["server_cpu_pct"]) for r in runs)  # type: ignore[arg-type]
+    return {
+        "streams": runs[0]["streams"], "runs": len(runs),
+        "held_runs": sum(1 for r in runs if held(r)),
+        "dropped_max": max(int(r["dropped"]) for r in runs),  # type: ignore[call-overload]
+        "jitter_ms_p99_median": float(np.median(p99)), "jitter_ms_p99_range": [p99[0], p99[-1]],
+        "server_cpu_pct_median": float(np.median(cpu)), "server_cpu_pct_range": [cpu[0], cpu[-1]],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[50, 100, 200, 300])
@@ -307,7 +330,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="start the server with streams.workers = N "
                              "(SWITCHBOARD_STREAMS__WORKERS)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="R",
+                        help="run each level R times (a fresh server each) and summarise")
     args = parser.parse_args(argv)
+    if not 1 <= args.repeat <= 10:
+        parser.error("--repeat must be 1..10")
     if not 1 <= args.client_processes <= 16:
         parser.error("--client-processes must be 1..16")
     if args.workers is not None and not 0 <= args.workers <= 64:
@@ -323,21 +350,43 @@ def main(argv: list[str] | None = None) -> int:
               f"{'client cpu':>10} {f'server/{CORES} cores':>15} {f'client/{CORES} cores':>15} "
               f"{'client us/stream/20ms':>21}")
     for n in args.streams:
-        r = asyncio.run(_level(n, args.seconds, frames, args.client_processes, args.workers))
-        if args.json:
-            print(json.dumps(r), flush=True)
-            continue
-        rx = f"{r['frames_received']}/{r['frames_expected']}"
-        print(f"{n:>7} {r['dropped']:>7} {rx:>13} {r['jitter_ms_p50']:>8}ms "
-              f"{r['jitter_ms_p99']:>4}ms {r['jitter_ms_max']:>5}ms "
-              f"{r['pacer_lateness_p99_ms']!s:>7}ms {r['concealed_pct']!s:>8}% "
-              f"{r['server_cpu_pct']:>9}% "
-              f"{r['client_cpu_pct']:>9}% {r['server_cpu_machine_pct']:>14}% "
-              f"{r['client_cpu_machine_pct']:>14}% {r['client_us_per_stream_tick']:>19}us",
-              flush=True)
-        if "first_failure" in r:
-            print(f"        first failure: {r['first_failure']}", flush=True)
+        runs = []
+        for _ in range(args.repeat):
+            runs.append(asyncio.run(_level(n, args.seconds, frames, args.client_processes,
+                                           args.workers)))
+            _print_run(runs[-1], args.json)
+        if args.repeat > 1:
+            _print_summary(summarise_runs(runs), args.json)
     return 0
+
+
+def _print_summary(s: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"summary": True, **s}), flush=True)
+        return
+    lo, hi = s["jitter_ms_p99_range"]  # type: ignore[misc]
+    clo, chi = s["server_cpu_pct_range"]  # type: ignore[misc]
+    print(f"{s['streams']:>7} streams: held in {s['held_runs']} of {s['runs']} runs; "
+          f"p99 jitter median {s['jitter_ms_p99_median']:.1f} ms ({lo}-{hi}); server CPU "
+          f"median {s['server_cpu_pct_median']:.1f}% of a core ({clo}-{chi}); "
+          f"most dropped {s['dropped_max']}", flush=True)
+
+
+def _print_run(r: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(r), flush=True)
+        return
+    n = r["streams"]
+    rx = f"{r['frames_received']}/{r['frames_expected']}"
+    print(f"{n:>7} {r['dropped']:>7} {rx:>13} {r['jitter_ms_p50']:>8}ms "
+          f"{r['jitter_ms_p99']:>4}ms {r['jitter_ms_max']:>5}ms "
+          f"{r['pacer_lateness_p99_ms']!s:>7}ms {r['concealed_pct']!s:>8}% "
+          f"{r['server_cpu_pct']:>9}% "
+          f"{r['client_cpu_pct']:>9}% {r['server_cpu_machine_pct']:>14}% "
+          f"{r['client_cpu_machine_pct']:>14}% {r['client_us_per_stream_tick']:>19}us",
+          flush=True)
+    if "first_failure" in r:
+        print(f"        first failure: {r['first_failure']}", flush=True)
 
 
 if __name__ == "__main__":

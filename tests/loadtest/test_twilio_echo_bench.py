@@ -145,6 +145,27 @@ def test_a_tiny_run_reports_every_stream(processes: int, capsys: pytest.CaptureF
     assert r["server_cpu_pct"] > 0 and r["client_cpu_pct"] > 0
 
 
+def test_repeated_runs_are_summarised() -> None:
+    def run(dropped: int, p99: float, cpu: float) -> dict[str, object]:
+        return {"streams": 200, "dropped": dropped, "jitter_ms_p99": p99, "server_cpu_pct": cpu}
+
+    s = bench.summarise_runs([run(0, 6.4, 120.0), run(0, 17.8, 131.0), run(2, 9.0, 118.0)])
+    assert s == {"streams": 200, "runs": 3, "held_runs": 1, "dropped_max": 2,
+                 "jitter_ms_p99_median": 9.0, "jitter_ms_p99_range": [6.4, 17.8],
+                 "server_cpu_pct_median": 120.0, "server_cpu_pct_range": [118.0, 131.0]}
+    assert bench.held(run(0, 10.0, 1.0)) and not bench.held(run(0, 10.01, 1.0))
+
+
+def test_repeat_runs_a_fresh_server_each_time_and_summarises(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench.main(["--streams", "2", "--seconds", "2", "--json", "--repeat", "2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line.get("summary", False) for line in lines] == [False, False, True]
+    assert lines[2]["runs"] == 2 and lines[2]["streams"] == 2
+    with pytest.raises(SystemExit):
+        bench.main(["--streams", "2", "--repeat", "11"])
+
+
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
