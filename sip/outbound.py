@@ -445,7 +445,11 @@ class Dialer:
             self.pending.pop(attempt.call_id, None)
 
     def start(self, attempt: OutboundCall) -> asyncio.Task[object]:
-        """Run `attempt` in the background (POST /calls); failures are logged."""
+        """Run `attempt` in the background (POST /calls); failures are logged.
+
+        It counts as calling from here: a status read before the task first runs
+        must not say "new" to a client that was just told "calling"."""
+        attempt.state = "calling"
         return self.spawn(self.run(attempt))
 
     def spawn(self, coro: object) -> asyncio.Task[object]:

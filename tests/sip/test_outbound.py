@@ -409,6 +409,19 @@ async def test_a_second_fork_answering_gets_ack_and_bye() -> None:
     await rig.close()
 
 
+async def test_a_started_attempt_says_calling_before_its_task_runs() -> None:
+    rig = Rig()
+    attempt = rig.dialer.prepare("sip:bob@192.0.2.7:5062", rig.handler)
+    assert attempt.state == "new"
+    task = rig.dialer.start(attempt)
+    assert attempt.state == "calling" and attempt.started_at is None  # nothing sent yet
+    await settle()
+    rig.reply(rig.requests("INVITE")[0], 200, body=answer_sdp())
+    await asyncio.wait_for(task, 1)
+    assert attempt.state == "answered"
+    await rig.close()
+
+
 async def test_call_limit_refuses_before_any_port_is_taken() -> None:
     rig = Rig(max_calls=1)
     _, task = rig.start()
