@@ -169,7 +169,9 @@ def _run_processes(n: int, seconds: float, port: int, frames: list[bytes],
                 proc.join(timeout=10)
 
 
-def _histogram_p99(metrics: str, name: str) -> float | None:
+def histogram_p99_ms(metrics: str, name: str) -> float | str | None:
+    """The bucket bound holding the 99th percentile of a seconds histogram, in ms;
+    ">B" when it lies past the last finite bucket B (json has no infinity)."""
     buckets = [(float(le), float(v)) for le, v in re.findall(
         rf'^{name}_bucket{{le="([^"+]+)"}} (\S+)$', metrics, re.M)]
     count = re.search(rf"^{name}_count (\S+)$", metrics, re.M)
@@ -178,8 +180,8 @@ def _histogram_p99(metrics: str, name: str) -> float | None:
     total = float(count.group(1))
     for le, v in buckets:
         if v >= 0.99 * total:
-            return le
-    return float("inf")
+            return round(le * 1000, 1)
+    return f">{buckets[-1][0] * 1000:g}"
 
 
 def _counter(metrics: str, name: str, labels: str = "") -> float:
@@ -233,7 +235,7 @@ def _report(n: int, seconds: float, streams: Sequence[Stream], server_cpu: float
             gaps = np.diff(arr[50:])  # after a one-second warm-up
             jitters.extend(np.abs(gaps - FRAME).tolist())
     j = np.asarray(jitters) * 1000 if jitters else np.zeros(1)
-    lateness = _histogram_p99(metrics, "switchboard_pacer_lateness_seconds")
+    lateness = histogram_p99_ms(metrics, "switchboard_pacer_lateness_seconds")
     frames_in = _counter(metrics, "switchboard_stream_frames_total",
                          '{direction="in",transport="twilio"}')
     concealed = _counter(metrics, "switchboard_jitter_concealed_frames_total")
@@ -244,7 +246,7 @@ def _report(n: int, seconds: float, streams: Sequence[Stream], server_cpu: float
         "jitter_ms_p50": round(float(np.percentile(j, 50)), 2),
         "jitter_ms_p99": round(float(np.percentile(j, 99)), 2),
         "jitter_ms_max": round(float(j.max()), 1),
-        "pacer_lateness_p99_ms": None if lateness is None else round(lateness * 1000, 1),
+        "pacer_lateness_p99_ms": lateness,
         "concealed_pct": round(100 * concealed / frames_in, 2) if frames_in else None,
         "server_cpu_pct": round(100 * server_cpu / seconds, 1),
         "client_cpu_pct": round(100 * client_cpu / seconds, 1),

@@ -247,3 +247,20 @@ async def test_the_batch_reader_stamps_arrivals_with_the_kernels_time_and_hands_
             proto.transport.abort()
         for k in keeper:
             k.close()
+
+
+def test_histogram_p99_names_the_bucket_or_says_past_the_last() -> None:
+    name = "switchboard_pacer_lateness_seconds"
+
+    def exposition(counts: list[int], total: int) -> str:
+        bounds = ["0.002", "0.01", "0.1"]
+        lines = [f'{name}_bucket{{le="{le}"}} {c}.0' for le, c in zip(bounds, counts, strict=True)]
+        return "\n".join([*lines, f'{name}_bucket{{le="+Inf"}} {total}.0',
+                          f"{name}_count {total}.0"]) + "\n"
+
+    assert bench.histogram_p99_ms(exposition([990, 1000, 1000], 1000), name) == 2.0
+    assert bench.histogram_p99_ms(exposition([900, 995, 1000], 1000), name) == 10.0
+    over = bench.histogram_p99_ms(exposition([900, 950, 980], 1000), name)
+    assert over == ">100" and json.loads(json.dumps(over)) == ">100"
+    assert bench.histogram_p99_ms(exposition([0, 0, 0], 0), name) is None
+    assert bench.histogram_p99_ms("", name) is None
