@@ -43,10 +43,12 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 
-# Reinstall only when the dependency list or this script changed.
+# Reinstall only when the dependency list, this script or the C kernels changed (the
+# editable install compiles media/_dsp.c next to its source), or the kernels were removed.
 stamp=.venv/.switchboard-setup
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+want=$(cat pyproject.toml scripts/setup.sh media/_dsp.c | sha256sum | cut -d' ' -f1)
+built=$(ls media/_dsp.*.so 2>/dev/null | head -1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ -z "$built" ]; then
   echo "setup: installing Python packages into .venv (llama-cpp-python compiles once, ~6 min)"
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
   # compat mode: the checkout itself is on sys.path, so a new top-level package needs no reinstall
