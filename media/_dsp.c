@@ -44,9 +44,21 @@ static void fir(double *acc, const double *a, const double *h, Py_ssize_t taps, 
     for (Py_ssize_t k = 0; k < taps; k++) mac(acc, a + k, h[k], n);
 }
 
-/* A C-contiguous buffer (a bytes, or a numpy array); writable for the histories. */
-static int get(PyObject *obj, Py_buffer *view, int writable) {
-    return PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE);
+/* The C-contiguous buffers (bytes, numpy arrays) of n objects, the first `writable` of
+ * them writable (the histories). On failure, those already taken are released. */
+static int take(PyObject *const *objs, Py_buffer *views, int n, int writable) {
+    for (int i = 0; i < n; i++) {
+        int flags = i < writable ? PyBUF_WRITABLE : PyBUF_SIMPLE;
+        if (PyObject_GetBuffer(objs[i], &views[i], flags) < 0) {
+            while (i--) PyBuffer_Release(&views[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void release(Py_buffer *views, int n) {
+    for (int i = 0; i < n; i++) PyBuffer_Release(&views[i]);
 }
 
 /* double2(history, x, even, odd, skip) -> bytes
@@ -57,16 +69,12 @@ static int get(PyObject *obj, Py_buffer *view, int writable) {
  * history followed by x (the taps already reversed, as for np.correlate). The first
  * `skip` output samples (the start-up lag) are left out. */
 static PyObject *double2(PyObject *self, PyObject *args) {
-    PyObject *ho, *xo, *eo, *oo;
+    PyObject *o[4];
     Py_ssize_t skip;
-    if (!PyArg_ParseTuple(args, "OOOOn", &ho, &xo, &eo, &oo, &skip)) return NULL;
-    Py_buffer hb, xb, eb, ob;
-    if (get(ho, &hb, 1) < 0) return NULL;
-    if (get(xo, &xb, 0) < 0) { PyBuffer_Release(&hb); return NULL; }
-    if (get(eo, &eb, 0) < 0) { PyBuffer_Release(&hb); PyBuffer_Release(&xb); return NULL; }
-    if (get(oo, &ob, 0) < 0) {
-        PyBuffer_Release(&hb); PyBuffer_Release(&xb); PyBuffer_Release(&eb); return NULL;
-    }
+    if (!PyArg_ParseTuple(args, "OOOOn", &o[0], &o[1], &o[2], &o[3], &skip)) return NULL;
+    Py_buffer v[4]; /* history, x, even, odd */
+    if (take(o, v, 4, 1) < 0) return NULL;
+    Py_buffer hb = v[0], xb = v[1], eb = v[2], ob = v[3];
     PyObject *result = NULL;
     double *w = NULL;
     Py_ssize_t ne = eb.len / 8, no = ob.len / 8, h = hb.len / 8, n = xb.len / 2;
@@ -98,7 +106,7 @@ static PyObject *double2(PyObject *self, PyObject *args) {
     memcpy(hb.buf, w + n, (size_t)h * sizeof(double));
 done:
     PyMem_Free(w);
-    PyBuffer_Release(&hb); PyBuffer_Release(&xb); PyBuffer_Release(&eb); PyBuffer_Release(&ob);
+    release(v, 4);
     return result;
 }
 
@@ -110,20 +118,12 @@ done:
  * being the history followed by x's even and odd samples. The first `skip` output
  * samples are left out. */
 static PyObject *halve2(PyObject *self, PyObject *args) {
-    PyObject *eo, *oo, *xo, *heo, *hoo;
+    PyObject *o[5];
     Py_ssize_t skip;
-    if (!PyArg_ParseTuple(args, "OOOOOn", &eo, &oo, &xo, &heo, &hoo, &skip)) return NULL;
-    Py_buffer eb, ob, xb, heb, hob;
-    if (get(eo, &eb, 1) < 0) return NULL;
-    if (get(oo, &ob, 1) < 0) { PyBuffer_Release(&eb); return NULL; }
-    if (get(xo, &xb, 0) < 0) { PyBuffer_Release(&eb); PyBuffer_Release(&ob); return NULL; }
-    if (get(heo, &heb, 0) < 0) {
-        PyBuffer_Release(&eb); PyBuffer_Release(&ob); PyBuffer_Release(&xb); return NULL;
-    }
-    if (get(hoo, &hob, 0) < 0) {
-        PyBuffer_Release(&eb); PyBuffer_Release(&ob); PyBuffer_Release(&xb);
-        PyBuffer_Release(&heb); return NULL;
-    }
+    if (!PyArg_ParseTuple(args, "OOOOOn", &o[0], &o[1], &o[2], &o[3], &o[4], &skip)) return NULL;
+    Py_buffer v[5]; /* evens, odds, x, h_even, h_odd */
+    if (take(o, v, 5, 2) < 0) return NULL;
+    Py_buffer eb = v[0], ob = v[1], xb = v[2], heb = v[3], hob = v[4];
     PyObject *result = NULL;
     double *we = NULL;
     Py_ssize_t nhe = heb.len / 8, nho = hob.len / 8, h = eb.len / 8, n = xb.len / 4;
@@ -161,8 +161,7 @@ static PyObject *halve2(PyObject *self, PyObject *args) {
     memcpy(ob.buf, wo + n, (size_t)h * sizeof(double));
 done:
     PyMem_Free(we);
-    PyBuffer_Release(&eb); PyBuffer_Release(&ob); PyBuffer_Release(&xb);
-    PyBuffer_Release(&heb); PyBuffer_Release(&hob);
+    release(v, 5);
     return result;
 }
 
@@ -174,7 +173,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "media._dsp", "2:1 FIR resampling kernels (see media.resample)",
-    -1, methods,
+    -1, methods, NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC PyInit__dsp(void) { return PyModule_Create(&module); }
