@@ -47,8 +47,9 @@ fi
 # editable install compiles media/_dsp.c next to its source), or the kernels were removed.
 stamp=.venv/.switchboard-setup
 want=$(cat pyproject.toml scripts/setup.sh media/_dsp.c | sha256sum | cut -d' ' -f1)
-built=$(ls media/_dsp.*.so 2>/dev/null | head -1)
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ -z "$built" ]; then
+built=no
+for so in media/_dsp.*.so; do [ -e "$so" ] && built=yes; done  # no match: the glob stays
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ "$built" = no ]; then
   echo "setup: installing Python packages into .venv (llama-cpp-python compiles once, ~6 min)"
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
   # compat mode: the checkout itself is on sys.path, so a new top-level package needs no reinstall
