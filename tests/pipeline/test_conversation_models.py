@@ -11,6 +11,7 @@ collected for the report.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import re
 import statistics
 from collections import deque
@@ -182,6 +183,13 @@ def engines(whisper_asr, llama_llm, piper_tts) -> Iterator[Engines]:  # type: ig
         w.close()
 
 
+def similarity(heard: str, said: str) -> float:
+    """0..1: how alike two sentences are, letters only, case ignored."""
+    def words(t: str) -> str:
+        return " ".join(re.findall(r"[a-z]+", t.lower()))
+    return difflib.SequenceMatcher(None, words(heard), words(said)).ratio()
+
+
 def english(text: str) -> bool:
     return len(re.findall(r"[A-Za-z]{2,}", text)) >= 2 and text.isascii()
 
@@ -197,7 +205,10 @@ async def test_a_whole_conversation_on_the_real_models(  # type: ignore[no-untyp
     call.speak(piper_speech_16k("What time do you open on Saturday?"))
     await call.run_until(call.turns_done(1), 40, "first answer")
     turn = call.conv.calllog.turns[0]
-    assert "open" in turn.transcript.lower() and "saturday" in turn.transcript.lower()
+    # Piper samples noise on every synthesis (VITS), so the question never sounds quite
+    # the same twice, and tiny.en once heard "setter day". Close enough passes; another
+    # question ("close on sunday", 0.86) or a lost one does not.
+    assert similarity(turn.transcript, "What time do you open on Saturday?") >= 0.9, turn
     assert turn.outcome == "answered" and turn.heard
     answer = b"".join(call.leg.audio("answer"))
     assert len(answer) > 0.5 * 2 * piper_tts.sample_rate
