@@ -331,9 +331,7 @@ class Switchboard:
         get 503, new streams are refused) and let the calls in progress end by themselves
         for up to shutdown_drain_seconds, or until a second signal. stop() then ends
         whatever is left politely (BYE, stream close)."""
-        if self.sip is not None:
-            self.sip.endpoint.stop_accepting()
-        self.streams.ctx.accepting = False
+        self._refuse_new_calls()
         seconds = self.config.shutdown_drain_seconds
         deadline = self.clock.now() + seconds
         if busy := self._calls_in_progress():
@@ -344,6 +342,13 @@ class Switchboard:
                 log.info("drain time over: ending %d calls", busy)
                 return
             await self.clock.sleep_until(min(deadline, now + 0.1))
+
+    def _refuse_new_calls(self) -> None:
+        """INVITE and OPTIONS get 503, new streams are refused; calls in progress go on."""
+        self._ready = False
+        if self.sip is not None:
+            self.sip.endpoint.stop_accepting()
+        self.streams.ctx.accepting = False
 
     def _calls_in_progress(self) -> int:
         busy = len(self.streams.ctx.legs)
@@ -356,7 +361,9 @@ class Switchboard:
             self._hurry.set()  # asked twice: do not wait for the calls in progress
         if self.workers is not None:  # each worker counts its signals the same way
             self.workers.signal_stop(hurry=self._hurry.is_set())
-        self._ready = False  # /readyz says no at once
+        # /readyz, OPTIONS and INVITE say no at once, together: stop() first awaits the
+        # load reporter, the lag probe and the dialplan watch before it drains.
+        self._refuse_new_calls()
         self._stopping.set()
 
     def _on_sighup(self) -> None:
