@@ -141,6 +141,11 @@ class FreeswitchLeg(StreamLeg):
         await self._outbox.close(reason)
 
 
+def _whole_frames(leg: FreeswitchLeg, data: bytes) -> bool:
+    """Audio of one or more whole 20 ms frames at the stream's rate."""
+    return bool(data) and not len(data) % (leg.wire_rate // 50 * 2)
+
+
 class FreeswitchDoor:
     def __init__(self, ctx: StreamContext, settings: FreeswitchSettings) -> None:
         self.ctx = ctx
@@ -201,8 +206,7 @@ class FreeswitchDoor:
             await leg.close(reason)
 
     def _audio(self, leg: FreeswitchLeg, data: bytes) -> str | None:
-        frame_bytes = leg.wire_rate // 50 * 2
-        if not data or len(data) % frame_bytes:
+        if not _whole_frames(leg, data):
             log.warning("freeswitch stream %s: %d-byte audio frame is not a 20 ms multiple "
                         "at %d Hz", leg.info.call_id, len(data), leg.wire_rate)
             self.ctx.invalid(TRANSPORT, "frame_size")
@@ -217,7 +221,7 @@ class FreeswitchDoor:
 
     def _deliver(self, leg: FreeswitchLeg, data: str | bytes) -> bool:
         """Audio straight from the parser; text and bad sizes are left to the reader."""
-        if isinstance(data, str) or not data or len(data) % (leg.wire_rate // 50 * 2):
+        if isinstance(data, str) or not _whole_frames(leg, data):
             return False
         leg.receive_audio(data)
         return True

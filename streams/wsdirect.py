@@ -61,8 +61,10 @@ if WebSocketDataQueue is not None:
                 try:
                     taken = deliver(data.data)
                 except Exception:
-                    # Left to the reading coroutine, whose handling raises the same and
-                    # ends the stream the usual way.
+                    # Our bug, raised inside aiohttp's data_received: logged with its
+                    # traceback, and the message queued for the reading coroutine, whose
+                    # handling of it raises the same and ends this stream the usual way
+                    # (never the connection's parser, nor other streams).
                     log.exception("direct WebSocket delivery failed; message queued")
                     taken = False
                 if taken:
