@@ -19,6 +19,7 @@ APT_PACKAGES=(
   chromium          # headless browser for the console tests (Playwright drives it)
   docker-compose    # validates docker-compose.yml (tests/ops); needs no Docker engine
   python3-venv      # venv on the system Python
+  python3-dev       # Python.h: the editable install compiles media/_dsp.c
   cmake build-essential  # llama-cpp-python builds from source
 )
 
