@@ -65,6 +65,7 @@ from loadtest.capacity_report import (
 )
 from loadtest.pcap import pcm_to_rtp, read_pcap, write_rtp_pcap
 from loadtest.rtp_intervals import IntervalAnalyzer
+from loadtest.stopping import end_on_sigterm
 
 SCENARIO = Path(__file__).resolve().parent / "sipp" / "uac_pcmu.xml"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -487,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep captures and logs in this folder")
     parser.add_argument("--json", type=Path, help="write the report(s) here as JSON")
     args = parser.parse_args(argv)
+    end_on_sigterm()  # kill/pkill still stops the server and SIPp this started
     if args.hold <= 0 or (args.rate is not None and args.rate <= 0):
         parser.error("--hold and --rate must be positive")
     if args.target is None and args.rtp_base + PORTS_PER_CALL * max(args.calls) + 64 > 65535:

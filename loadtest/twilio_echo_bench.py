@@ -52,6 +52,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
+from loadtest.stopping import end_on_sigterm
 from loadtest.twilio_stream_client import FRAME, Stream, run_streams
 from media.g711 import ulaw_encode
 from media.resample import StreamResampler
@@ -335,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1, metavar="R",
                         help="run each level R times (a fresh server each) and summarise")
     args = parser.parse_args(argv)
+    end_on_sigterm()  # kill/pkill still stops the server this started
     if not 1 <= args.repeat <= 10:
         parser.error("--repeat must be 1..10")
     if not 1 <= args.client_processes <= 16:
