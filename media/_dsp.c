@@ -1,4 +1,5 @@
-/* media._dsp: the two fixed 2:1 FIR kernels of media.resample in C.
+/* media._dsp: the two fixed 2:1 FIR kernels of media.resample, and the pitch search
+ * of media.plc, in C.
  *
  * Every G.711 stream doubles its inbound 8 kHz audio to 16 kHz and halves the
  * pipeline's 16 kHz back to 8 kHz, 50 times a second. In numpy each 20 ms frame
@@ -165,14 +166,76 @@ done:
     return result;
 }
 
+/* Normalised cross-correlation of a against b over every step-th of n samples:
+ * dot(a, b) / sqrt(max(dot(a, a), floor)). */
+static double ncc(const double *a, const double *b, Py_ssize_t n, Py_ssize_t step,
+                  double floor) {
+    double dot = 0.0, energy = 0.0;
+    for (Py_ssize_t i = 0; i < n; i += step) {
+        dot += a[i] * b[i];
+        energy += a[i] * a[i];
+    }
+    return dot / sqrt(energy > floor ? energy : floor);
+}
+
+/* pitch(src, n, lag_min, lag_max, d, floor) -> int
+ *
+ * media.plc.G711Plc's pitch search (G.711 Appendix I): the lag in lag_min..lag_max
+ * whose past window best matches the last n samples of src (float64), by normalised
+ * cross-correlation; first every d-th lag on every d-th sample (ties: the shorter
+ * lag), then the lags within d-1 of that at full rate (ties: the longer lag). The
+ * numpy search it replaces cost ~150 us a call, all overhead, and a network hiccup
+ * starts concealment on every stream in the same tick. */
+static PyObject *pitch(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    Py_ssize_t n, lag_min, lag_max, d;
+    double floor;
+    if (!PyArg_ParseTuple(args, "Onnnnd", &obj, &n, &lag_min, &lag_max, &d, &floor))
+        return NULL;
+    if (n <= 0 || d <= 0 || lag_min <= 0 || lag_max < lag_min) {
+        PyErr_SetString(PyExc_ValueError, "pitch: need n, d > 0 and 0 < lag_min <= lag_max");
+        return NULL;
+    }
+    Py_buffer v;
+    if (take(&obj, &v, 1, 0) < 0) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t count = v.len / (Py_ssize_t)sizeof(double);
+    if (v.len % (Py_ssize_t)sizeof(double) || count < n + lag_max) {
+        PyErr_Format(PyExc_ValueError, "pitch: src must be float64 with at least %zd samples",
+                     n + lag_max);
+        goto done;
+    }
+    const double *src = v.buf;
+    const double *recent = src + count - n;
+    const double *past = recent - lag_max; /* window j (lag lag_max - j) starts at past + j */
+    Py_ssize_t span = lag_max - lag_min, best = 0, fine = 0;
+    double top = -INFINITY;
+    for (Py_ssize_t j = 0; j <= span; j += d) {
+        double score = ncc(past + j, recent, n, d, floor);
+        if (score >= top) { top = score; best = j; }
+    }
+    Py_ssize_t lo = best - (d - 1) > 0 ? best - (d - 1) : 0;
+    Py_ssize_t hi = best + (d - 1) < span ? best + (d - 1) : span;
+    top = -INFINITY;
+    for (Py_ssize_t j = lo; j <= hi; j++) {
+        double score = ncc(past + j, recent, n, 1, floor);
+        if (score > top) { top = score; fine = j; }
+    }
+    result = PyLong_FromSsize_t(lag_max - fine);
+done:
+    release(&v, 1);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"double2", double2, METH_VARARGS, "2x interpolation of int16 PCM with a kept history"},
     {"halve2", halve2, METH_VARARGS, "2:1 decimation of int16 PCM with a kept history"},
+    {"pitch", pitch, METH_VARARGS, "pitch period by normalised cross-correlation"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "media._dsp", "2:1 FIR resampling kernels (see media.resample)",
+    PyModuleDef_HEAD_INIT, "media._dsp", "2:1 FIR resampling kernels (media.resample), pitch search (media.plc)",
     -1, methods, NULL, NULL, NULL, NULL,
 };
 

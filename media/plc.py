@@ -22,6 +22,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+try:
+    from media import _dsp  # the pitch search in C (see media.resample for the build)
+except ImportError:  # pragma: no cover - media.resample warns once about the missing build
+    _dsp = None
+
 __all__ = ["G711Plc"]
 
 _ATTENUATION = 0.2  # gain lost per 10 ms once concealment passes 10 ms
@@ -29,14 +34,36 @@ _MIN_POWER = 250.0  # floor of the correlation normaliser, so silence finds no p
 _MUTE_AFTER = 6  # 10 ms sub-frames of concealment before the output is silent
 
 
+# Concealment runs on every stream at once when the network hiccups, so its per-call
+# numpy overhead counts: the ramps below are made once per length, and _to_pcm uses
+# the clipping ufuncs directly (np.clip's Python wrapper costs more than the work).
+_RAMPS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_COUNTS: dict[int, np.ndarray] = {}
+
+
 def _crossfade(fade_out: np.ndarray, fade_in: np.ndarray) -> np.ndarray:
     """Linear overlap-add: starts almost all `fade_out`, ends all `fade_in`."""
-    w = np.arange(1, len(fade_out) + 1, dtype=np.float64) / len(fade_out)
-    return fade_out * (1.0 - w) + fade_in * w
+    n = len(fade_out)
+    ramp = _RAMPS.get(n)
+    if ramp is None:
+        w = np.arange(1, n + 1, dtype=np.float64) / n
+        ramp = _RAMPS[n] = (1.0 - w, w)
+    return fade_out * ramp[0] + fade_in * ramp[1]
+
+
+def _count(n: int) -> np.ndarray:
+    """0, 1, ..., n-1 as int64 (shared: never write to it)."""
+    got = _COUNTS.get(n)
+    if got is None:
+        got = _COUNTS[n] = np.arange(n)
+    return got
 
 
 def _to_pcm(samples: np.ndarray) -> bytes:
-    return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
+    out = np.rint(samples)
+    np.maximum(out, -32768, out=out)
+    np.minimum(out, 32767, out=out)
+    return out.astype("<i2").tobytes()
 
 
 class G711Plc:
@@ -145,7 +172,7 @@ class G711Plc:
     def _attenuate(self, out: np.ndarray) -> np.ndarray:
         start = 1.0 - (self._erased - 1) * _ATTENUATION
         step = _ATTENUATION / self._sub
-        gain = start - step * np.arange(len(out), dtype=np.float64)
+        gain = start - step * _count(len(out))
         return out * np.maximum(gain, 0.0)
 
     def _start_loop(self, touch_history: bool) -> None:
@@ -170,12 +197,21 @@ class G711Plc:
 
     def _read_loop(self, count: int) -> np.ndarray:
         start = len(self._loop_src) - self._loop_len
-        idx = (self._offset + np.arange(count)) % self._loop_len
+        idx = (self._offset + _count(count)) % self._loop_len
         self._offset = (self._offset + count) % self._loop_len
         return self._loop_src[start + idx]
 
     def _find_pitch(self, src: np.ndarray) -> int:
-        """Pitch period in samples: the lag whose past window best matches the last 20 ms."""
+        """Pitch period in samples: the lag whose past window best matches the last 20 ms.
+        In C when built (media._dsp.pitch, the same search and ties): a loss that hits
+        every stream at once starts concealment on all of them in one tick."""
+        if _dsp is not None:
+            return int(_dsp.pitch(src, self._corr_len, self._pitch_min, self._pitch_max,
+                                  self._decimation, _MIN_POWER))
+        return self._find_pitch_numpy(src)
+
+    def _find_pitch_numpy(self, src: np.ndarray) -> int:
+        """The reference search, and the fallback without the C build."""
         n, d = self._corr_len, self._decimation
         span = self._pitch_max - self._pitch_min
         recent = src[-n:]

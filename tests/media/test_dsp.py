@@ -1,11 +1,13 @@
-"""media._dsp, the C 2:1 resampling kernels, against the numpy engines they replace."""
+"""media._dsp, the C 2:1 resampling kernels and the PLC pitch search, against the numpy
+code they replace."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from media import _dsp, resample
+from media import _dsp, plc, resample
+from media.plc import _MIN_POWER, G711Plc
 from media.resample import StreamResampler, _Doubler, _FastDoubler, _FastHalver, _Halver
 
 
@@ -85,3 +87,46 @@ def test_bad_arguments_are_refused_without_touching_the_history() -> None:
     with pytest.raises(ValueError):
         _dsp.halve2(np.zeros(h), np.zeros(h + 1), b"\0\0\0\0", resample._H_EVEN,
                     resample._H_ODD, 0)
+
+
+def _pitch_inputs(rate: int, seed: int) -> list[np.ndarray]:
+    """Histories as concealment sees them: noise, voiced harmonics, a noisy tone,
+    silence (every lag ties) and a full-scale square wave."""
+    rng = np.random.default_rng(seed)
+    size = G711Plc(rate)._history_len
+    t = np.arange(size) / rate
+    out = [np.zeros(size), np.where(np.sin(2 * np.pi * 100 * t) >= 0, 32767.0, -32768.0)]
+    for _ in range(150):
+        f0 = rng.uniform(66, 200)
+        voiced = sum(np.sin(2 * np.pi * f0 * h * t + h) / h for h in range(1, 6))
+        out.append(np.rint(voiced * rng.uniform(10, 20000)))
+        out.append(np.rint(np.sin(2 * np.pi * f0 * t) * 8000 + rng.normal(0, 800, size)))
+        out.append(rng.integers(-32768, 32768, size).astype(np.float64))
+    return out
+
+
+@pytest.mark.parametrize("rate", [8000, 16000])
+def test_c_pitch_search_matches_the_numpy_search(rate: int) -> None:
+    p = G711Plc(rate)
+    for src in _pitch_inputs(rate, seed=rate):
+        assert p._find_pitch(src) == p._find_pitch_numpy(src)
+
+
+def test_plc_uses_the_c_pitch_search() -> None:
+    assert plc._dsp is _dsp
+    p = G711Plc(8000)
+    src = np.rint(np.sin(2 * np.pi * 160 * np.arange(p._history_len) / 8000) * 8000)
+    assert _dsp.pitch(src, 160, 40, 120, 2, _MIN_POWER) == p._find_pitch_numpy(src) == 50
+
+
+def test_bad_pitch_arguments_are_refused() -> None:
+    src = np.zeros(400)
+    with pytest.raises(ValueError, match="at least 280"):
+        _dsp.pitch(np.zeros(279), 160, 40, 120, 2, _MIN_POWER)
+    with pytest.raises(ValueError, match="float64"):
+        _dsp.pitch(bytes(8 * 400 + 4), 160, 40, 120, 2, _MIN_POWER)
+    for n, lo, hi, d in ((0, 40, 120, 2), (160, 0, 120, 2), (160, 50, 40, 2), (160, 40, 120, 0)):
+        with pytest.raises(ValueError, match="lag_min"):
+            _dsp.pitch(src, n, lo, hi, d, _MIN_POWER)
+    with pytest.raises(TypeError):
+        _dsp.pitch("text", 160, 40, 120, 2, _MIN_POWER)

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from media import plc as plc_module
 from media.plc import G711Plc
 
 RATE = 8000
@@ -178,3 +179,34 @@ def test_any_loss_pattern_keeps_frame_sizes_and_stays_in_range(
         assert len(out) == 2 * size
         # Concealment repeats and fades the past; it never grows louder than the input.
         assert np.max(np.abs(_samples(out))) <= np.max(np.abs(signal)) + 1
+
+
+def test_output_is_the_same_sample_for_sample_as_the_plain_numpy_version() -> None:
+    """The cached ramps and clipping ufuncs change the cost, not one sample: replayed
+    against the formulas they replaced, over losses, long losses and dropped frames."""
+
+    def crossfade(fade_out: np.ndarray, fade_in: np.ndarray) -> np.ndarray:
+        w = np.arange(1, len(fade_out) + 1, dtype=np.float64) / len(fade_out)
+        return fade_out * (1.0 - w) + fade_in * w
+
+    def to_pcm(samples: np.ndarray) -> bytes:
+        return np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
+
+    rng = np.random.default_rng(5)
+    t = np.arange(RATE * 8) / RATE
+    sig = np.clip(_voiced(130.0, 8.0, amp=9000.0) * (np.sin(2 * np.pi * 0.7 * t) > -0.5)
+                  + rng.normal(0, 300, len(t)), -32768, 32767).astype("<i2").tobytes()
+    fast = G711Plc(RATE)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plc_module, "_crossfade", crossfade)
+        mp.setattr(plc_module, "_to_pcm", to_pcm)
+        plain = G711Plc(RATE)
+        expected = []
+        draws = rng.random(len(sig) // 320)
+        for k, r in enumerate(draws):
+            frame = sig[320 * k : 320 * (k + 1)]
+            expected.append(plain.conceal() if r < 0.2 else plain.frame_ok(frame, r > 0.97))
+    for k, r in enumerate(draws):
+        frame = sig[320 * k : 320 * (k + 1)]
+        got = fast.conceal() if r < 0.2 else fast.frame_ok(frame, r > 0.97)
+        assert got == expected[k], k
