@@ -49,6 +49,7 @@ from streams.twilio_messages import (
     Stop,
     TwilioMessageError,
     UnknownEventError,
+    media_fields,
     parse_message,
 )
 from streams.twilio_rest import TwilioCalls, TwilioRestError
@@ -288,6 +289,10 @@ class TwilioDoor:
     def _deliver(self, leg: TwilioLeg, data: str | bytes) -> bool:
         """A message straight from the parser: True when dispatched. A stop, anything
         malformed or out of order is left to _read_queued, which ends the stream."""
+        fields = media_fields(data)  # the common case, without building a Media
+        if fields is not None:
+            self._media(leg, fields[0], fields[1], fields[2], fields[3])
+            return True
         try:
             message = parse_message(data)
         except TwilioMessageError:
@@ -325,14 +330,19 @@ class TwilioDoor:
 
     def _dispatch(self, leg: TwilioLeg, message: Media | Mark | Dtmf) -> None:
         if isinstance(message, Media):
-            if message.stream_sid != leg.stream_sid:
-                self.ctx.invalid(TRANSPORT, "wrong_stream")
-            elif message.track == "inbound":
-                leg.receive_audio(message.payload, (message.timestamp + 10) // 20)
+            self._media(leg, message.stream_sid, message.track, message.timestamp,
+                        message.payload)
         elif isinstance(message, Mark):
             leg.receive_mark(message.name)
         else:
             leg.receive_dtmf(message.digit, "stream")
+
+    def _media(self, leg: TwilioLeg, sid: str, track: str, timestamp: int,
+               payload: bytes) -> None:
+        if sid != leg.stream_sid:
+            self.ctx.invalid(TRANSPORT, "wrong_stream")
+        elif track == "inbound":
+            leg.receive_audio(payload, (timestamp + 10) // 20)
 
 
 # Messages that never end a stream: the ones the parser may hand over directly.

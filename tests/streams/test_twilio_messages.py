@@ -20,6 +20,8 @@ from streams.twilio_messages import (
     Stop,
     TwilioMessageError,
     UnknownEventError,
+    _parse_json,
+    media_fields,
     parse_message,
 )
 
@@ -171,3 +173,64 @@ def test_fuzz_bytes_raise_only_its_own_errors(data: bytes) -> None:
         parse_message(data)
     except TwilioMessageError:
         pass
+
+
+# -- the fast path for media in Twilio's exact layout ------------------------------------
+
+B64 = base64.b64encode(bytes(range(160))).decode()
+EXACT = ('{"event":"media","sequenceNumber":"7","media":{"track":"inbound","chunk":"6",'
+         f'"timestamp":"100","payload":"{B64}"}},"streamSid":"{SID}"}}')
+
+
+def test_media_in_twilios_layout_takes_the_fast_path_and_agrees_with_json() -> None:
+    fields = media_fields(EXACT)
+    assert fields == (SID, "inbound", 100, bytes(range(160)), 7, 6)
+    assert parse_message(EXACT) == _parse_json(EXACT)
+    printed = Media(SID, 1, 2, 3, b"\x01\x02\x03").to_json()  # what replays send
+    assert media_fields(printed) is not None
+
+
+@pytest.mark.parametrize("frame", [
+    EXACT.replace('":"', '": "'),  # spaces: valid JSON, another layout
+    EXACT.replace('"sequenceNumber":"7",', "").replace('"}}', '"},"sequenceNumber":"7"}'),
+    EXACT.replace(SID, "MZ\\u0041"),  # an escape in the SID
+    EXACT.replace('"7"', '"1234567890123"'),  # 13 digits: the full parser's range check
+    EXACT.replace('"7"', '"99999999999999"'),
+    EXACT.replace(B64, "A==="),  # base64 characters, but not valid base64
+    EXACT.replace(B64, "===="),  # decodes to nothing
+    EXACT.replace(B64, ""),
+    EXACT + " ",
+    EXACT.replace("}", "},", 1).replace('"streamSid"', '"x":1,"streamSid"'),
+    EXACT.encode(),  # bytes: json.loads takes those
+])
+def test_anything_else_goes_through_the_full_parser_with_the_same_result(
+        frame: str | bytes) -> None:
+    if isinstance(frame, str):
+        assert media_fields(frame) is None
+    try:
+        expected: object = _parse_json(frame)
+    except TwilioMessageError as exc:
+        expected = (type(exc), str(exc))
+    try:
+        got: object = parse_message(frame)
+    except TwilioMessageError as exc:
+        got = (type(exc), str(exc))
+    assert got == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(seq=st.integers(0, 10**13), chunk=st.integers(0, 10**13), ts=st.integers(0, 10**13),
+       payload=st.binary(max_size=400), track=st.sampled_from(["inbound", "outbound", "x_y"]),
+       sid=st.text("MZaz09_-", max_size=40))
+def test_the_fast_path_never_disagrees_with_json(seq: int, chunk: int, ts: int,
+                                                 payload: bytes, track: str, sid: str) -> None:
+    frame = json.dumps({
+        "event": "media", "sequenceNumber": str(seq),
+        "media": {"track": track, "chunk": str(chunk), "timestamp": str(ts),
+                  "payload": base64.b64encode(payload).decode()},
+        "streamSid": sid,
+    }, separators=(",", ":"))
+    fields = media_fields(frame)
+    if fields is not None:
+        got = Media(fields[0], fields[4], fields[5], fields[2], fields[3], fields[1])
+        assert got == _parse_json(frame)
