@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from media.resample import round_to_pcm
+
 try:
     from media import _dsp  # the pitch search in C (see media.resample for the build)
 except ImportError:  # pragma: no cover - media.resample warns once about the missing build
@@ -35,8 +37,8 @@ _MUTE_AFTER = 6  # 10 ms sub-frames of concealment before the output is silent
 
 
 # Concealment runs on every stream at once when the network hiccups, so its per-call
-# numpy overhead counts: the ramps below are made once per length, and _to_pcm uses
-# the clipping ufuncs directly (np.clip's Python wrapper costs more than the work).
+# numpy overhead counts: the ramps below are made once per length, and the rounding is
+# media.resample's (clipping ufuncs, in place; np.clip's wrapper costs more than the work).
 _RAMPS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 _COUNTS: dict[int, np.ndarray] = {}
 
@@ -59,11 +61,7 @@ def _count(n: int) -> np.ndarray:
     return got
 
 
-def _to_pcm(samples: np.ndarray) -> bytes:
-    out = np.rint(samples)
-    np.maximum(out, -32768, out=out)
-    np.minimum(out, 32767, out=out)
-    return out.astype("<i2").tobytes()
+_to_pcm = round_to_pcm  # rounds its argument in place: pass arrays nobody reads after
 
 
 class G711Plc:
@@ -186,7 +184,7 @@ class G711Plc:
         self._smooth_loop_point()
         if touch_history:  # not yet played (output delay): blend the real end into the loop
             cut = 2 * self._overlap
-            self._history = self._history[:-cut] + _to_pcm(src[-self._overlap :])
+            self._history = self._history[:-cut] + _to_pcm(src[-self._overlap :].copy())
 
     def _smooth_loop_point(self) -> None:
         """End of the loop = real end cross-faded into what precedes the loop's start, so

@@ -94,6 +94,12 @@ def _to_pcm(samples: np.ndarray, lo: np.ndarray = _LO, hi: np.ndarray = _HI) -> 
     return samples.astype(np.int16).tobytes()
 
 
+def round_to_pcm(samples: np.ndarray) -> bytes:
+    """float64 samples -> int16 PCM bytes, rounded and saturated in place (the 2:1
+    engines here, and media.plc's concealment)."""
+    return _to_pcm(samples, _LO64, _HI64)
+
+
 def _lowpass(points: int, cutoff: float, attenuation_db: float) -> np.ndarray:
     """A Kaiser-windowed sinc lowpass of `points` (odd) taps at the 16 kHz side, cut-off
     as a fraction of that side's Nyquist."""
@@ -144,7 +150,7 @@ class _Doubler:
             out = out[cut:]
         self._seen += n
         self._done += len(out)
-        return _to_pcm(out, _LO64, _HI64)
+        return round_to_pcm(out)
 
     def flush(self) -> bytes:
         """The rest, so the stream's total is exactly twice its input."""
@@ -211,7 +217,7 @@ class _Halver:
             out = out[cut:]
         self._seen += n
         self._done += len(out)
-        return _to_pcm(out, _LO64, _HI64)
+        return round_to_pcm(out)
 
     def flush(self) -> bytes:
         """The rest, so the stream's total is exactly half its input (rounded down)."""
