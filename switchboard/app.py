@@ -290,7 +290,7 @@ class Switchboard:
             lambda: self.sip.ports.in_use if self.sip is not None else 0)
 
     async def stop(self) -> None:
-        self._ready = False
+        self._refuse_new_calls()  # first: the awaits below must not leave a window
         self.metrics.ready.set(0)
         if self._load_report is not None:
             self._load_report.cancel()
@@ -327,11 +327,10 @@ class Switchboard:
         log.info("stopped")
 
     async def _drain(self) -> None:
-        """Graceful shutdown, first part: refuse new calls at once (SIP INVITE and OPTIONS
-        get 503, new streams are refused) and let the calls in progress end by themselves
-        for up to shutdown_drain_seconds, or until a second signal. stop() then ends
-        whatever is left politely (BYE, stream close)."""
-        self._refuse_new_calls()
+        """Graceful shutdown, first part (new calls are already refused: stop() began
+        with that): let the calls in progress end by themselves for up to
+        shutdown_drain_seconds, or until a second signal. stop() then ends whatever is
+        left politely (BYE, stream close)."""
         seconds = self.config.shutdown_drain_seconds
         deadline = self.clock.now() + seconds
         if busy := self._calls_in_progress():
