@@ -318,6 +318,8 @@ class JitterBuffer:
         self._play_ts = play_ts + frame_ticks
         if entry is not None:
             packet, seq = self._packets.pop(play_ts)
+            if self._heap[0] == play_ts:  # else a stale entry grows the heap all call long
+                heapq.heappop(self._heap)
             self._note_consumed(seq)
             self._gap = 0
             self._silent = False
