@@ -28,11 +28,17 @@ How it decides:
   did not advance its timestamps over a pause), or 25 late packets in a row rebase the
   sender's timeline: its packets are mapped to where they would be on time, after what
   is already buffered, so playout carries on with nothing flushed.
+
+Two implementations: PyJitterBuffer, this module's Python class, is the reference and the
+fallback; JitterBuffer is media._jitter's C type where it was built (`pip install -e .`,
+setup.sh), the same algorithm step for step, with the same slots, stats, exceptions and
+bit-identical floats, for a few tenths of a µs per packet instead of ~6 µs.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 from collections import deque
 from collections.abc import Callable
@@ -42,7 +48,7 @@ from typing import Literal
 from media.rtp import RtpPacket
 from media.seqnum import SeqUnwrapper, TsUnwrapper
 
-__all__ = ["JitterBuffer", "JitterSlot", "JitterStats", "SlotKind"]
+__all__ = ["JitterBuffer", "JitterSlot", "JitterStats", "PyJitterBuffer", "SlotKind"]
 
 SlotKind = Literal["packet", "missing"]
 
@@ -89,7 +95,7 @@ class JitterStats:
     target_seconds: float
 
 
-class JitterBuffer:
+class PyJitterBuffer:
     def __init__(
         self,
         clock_rate: int,
@@ -491,7 +497,8 @@ class JitterBuffer:
 
 def _benchmark() -> None:
     """`python -m media.jitter`: µs per packet (push + pop) for 10 minutes of one call on
-    a clean path and on a rough one (5 % loss, 40 ms jitter, 2 % duplicates, drift)."""
+    a clean path and on a rough one (5 % loss, 40 ms jitter, 2 % duplicates, drift), for
+    each implementation."""
     import statistics
     import time
 
@@ -501,6 +508,9 @@ def _benchmark() -> None:
         ("clean", NetConditions()),
         ("rough", NetConditions(loss=0.05, jitter=0.04, duplicate=0.02, drift=0.005)),
     ]
+    kinds = [("python", PyJitterBuffer)]
+    if JitterBuffer is not PyJitterBuffer:
+        kinds.append(("c", JitterBuffer))
     frames = 30_000
     for name, conditions in cases:
         net = NetSim(conditions, seed=1)
@@ -512,25 +522,43 @@ def _benchmark() -> None:
             ((arrival, packet) for t, packet in sends for arrival, _ in net.transmit(t, b"")),
             key=lambda a: a[0],
         )
-        runs = []
-        for _ in range(5):
-            jb = JitterBuffer(8000, 160)
-            i = 0
-            clock = time.perf_counter
-            spent = 0.0
-            for k in range(frames):
-                now = 0.007 + k * 0.02
-                started = clock()
-                while i < len(arrivals) and arrivals[i][0] <= now:
-                    jb.push(arrivals[i][1], arrivals[i][0])
-                    i += 1
-                jb.pop(now)
-                spent += clock() - started
-            runs.append(spent / len(arrivals) * 1e6)
-        print(
-            f"{name}: {len(arrivals)} packets, push+pop per packet "
-            f"best {min(runs):.2f} µs  median {statistics.median(runs):.2f} µs"
-        )
+        for kind, cls in kinds:
+            runs = []
+            for _ in range(5):
+                jb = cls(8000, 160)
+                i = 0
+                clock = time.perf_counter
+                spent = 0.0
+                for k in range(frames):
+                    now = 0.007 + k * 0.02
+                    started = clock()
+                    while i < len(arrivals) and arrivals[i][0] <= now:
+                        jb.push(arrivals[i][1], arrivals[i][0])
+                        i += 1
+                    jb.pop(now)
+                    spent += clock() - started
+                runs.append(spent / len(arrivals) * 1e6)
+            print(
+                f"{name} ({kind}): {len(arrivals)} packets, push+pop per packet "
+                f"best {min(runs):.2f} µs  median {statistics.median(runs):.2f} µs"
+            )
+
+
+try:
+    from media import _jitter  # JitterBuffer in C, built by `pip install -e .` (setup.sh)
+except ImportError:  # not built (no compiler): the Python class, ~10x the cost
+    _jitter = None  # type: ignore[assignment]
+    logging.getLogger(__name__).warning(
+        "media._jitter is not built; jitter buffers run in Python (slower). "
+        "Build it with: pip install -e . (needs a C compiler)"
+    )
+
+if _jitter is not None:
+    # The C type returns these classes' instances and reads packets of this class fast.
+    _jitter._bind(JitterSlot, JitterStats, RtpPacket)
+    JitterBuffer = _jitter.JitterBuffer
+else:
+    JitterBuffer = PyJitterBuffer
 
 
 if __name__ == "__main__":

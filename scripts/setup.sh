@@ -19,7 +19,7 @@ APT_PACKAGES=(
   chromium          # headless browser for the console tests (Playwright drives it)
   docker-compose    # validates docker-compose.yml (tests/ops); needs no Docker engine
   python3-venv      # venv on the system Python
-  python3-dev       # Python.h: the editable install compiles media/_dsp.c
+  python3-dev       # Python.h: the editable install compiles media/_dsp.c and _jitter.c
   cmake build-essential  # llama-cpp-python builds from source
 )
 
@@ -44,12 +44,17 @@ fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 
-# Reinstall only when the dependency list, this script or the C kernels changed (the
-# editable install compiles media/_dsp.c next to its source), or the kernels were removed.
+# Reinstall only when the dependency list, this script or the C extensions changed (the
+# editable install compiles media/_dsp.c and media/_jitter.c next to their sources), or
+# one of them was removed.
 stamp=.venv/.switchboard-setup
-want=$(cat pyproject.toml scripts/setup.sh media/_dsp.c | sha256sum | cut -d' ' -f1)
-built=no
-for so in media/_dsp.*.so; do [ -e "$so" ] && built=yes; done  # no match: the glob stays
+want=$(cat pyproject.toml scripts/setup.sh media/_dsp.c media/_jitter.c | sha256sum | cut -d' ' -f1)
+built=yes
+for ext in _dsp _jitter; do  # each must exist; no match: the glob stays as written
+  found=no
+  for so in media/$ext.*.so; do [ -e "$so" ] && found=yes; done
+  [ "$found" = yes ] || built=no
+done
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || [ "$built" = no ]; then
   echo "setup: installing Python packages into .venv (llama-cpp-python compiles once, ~6 min)"
   .venv/bin/python -m pip install -q --upgrade pip setuptools wheel
