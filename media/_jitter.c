@@ -14,9 +14,8 @@
  * - _packets and _heap: one table of entries (ts, seq, packet, insertion number) with a
  *   hash index by ts and a min-heap by ts whose entries know their heap position, so
  *   any entry leaves in O(log n). Python's heap can also keep timestamps that left the
- *   dict (played while not at the top of the heap); no read can see one (heap[0] is
- *   read after _clean_heap, or by _skip_to, which pops them to no effect), so this heap
- *   holds just the buffered timestamps.
+ *   dict; no read can see one (heap[0] is read after _clean_heap, or by _skip_to, which
+ *   pops them to no effect), so this heap holds just the buffered timestamps.
  *   The insertion number replays the dict's order for _discard_all, whose loss count
  *   depends on it.
  * - Python ints that only grow (extended sequence numbers and timestamps, the shift):
@@ -973,6 +972,7 @@ static PyObject *pop(JB *s, PyObject *now_obj) {
         int64_t seq = s->t.ent[e].seq;
         packet = t_remove(&s->t, e);
         note_consumed(s, seq);
+        clean_heap(s); /* off-grid packets the playout has now passed */
         s->gap = 0;
         s->silent = 0;
         return slot(str_packet, packet, NULL, skipped);

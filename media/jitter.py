@@ -324,9 +324,12 @@ class PyJitterBuffer:
         self._play_ts = play_ts + frame_ticks
         if entry is not None:
             packet, seq = self._packets.pop(play_ts)
-            if self._heap[0] == play_ts:  # else a stale entry grows the heap all call long
-                heapq.heappop(self._heap)
             self._note_consumed(seq)
+            # Off the heap with it, and with any off-grid packet the playout has now
+            # passed: left for the next gap, they piled up for the whole of a loss-free
+            # call (the heap by 50 entries a second; a sender sending extra off-grid
+            # packets grew the buffer as fast).
+            self._clean_heap()
             self._gap = 0
             self._silent = False
             return JitterSlot("packet", packet, None, skipped)

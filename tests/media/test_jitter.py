@@ -290,6 +290,35 @@ def test_off_grid_talk_spurt_moves_the_frame_grid(jb_type: type[Buffer]) -> None
     assert jb.stats.late == 0
 
 
+def test_off_grid_packets_the_playout_passes_are_dropped_at_once(jb_type: type[Buffer]) -> None:
+    # Each frame also brings a packet half a frame off the grid (a broken or hostile
+    # sender). Played past, each is late there and then, not held until the next gap.
+    arrivals = []
+    for k in range(500):
+        arrivals.append((k * FRAME + 0.03, RtpPacket(0, 2 * k, k * TICKS, 1, k.to_bytes(4, "big"))))
+        arrivals.append((k * FRAME + 0.031, RtpPacket(0, 2 * k + 1, k * TICKS + 80, 1, b"off")))
+    jb = jb_type(RATE, TICKS)
+    most = 0
+
+    def check(jb: Buffer, now: float, slot: JitterSlot | None) -> None:
+        nonlocal most
+        most = max(most, jb.stats.buffered)
+
+    slots = play(jb, arrivals, 10.0, check)
+    frames = played(slots)
+    assert frames == sorted(set(frames)) and len(frames) >= 490  # a few dropped to shrink
+    assert most <= jb.capacity  # it was 326 after 10 s, and growing
+    stats = jb.stats
+    assert stats.late >= 490 and stats.buffered == 0
+    assert stats.lost == 0  # the off-grid sequence numbers were once counted lost
+
+
+def test_a_loss_free_call_keeps_the_python_heap_small() -> None:
+    jb = PyJitterBuffer(RATE, TICKS)
+    play(jb, steady(3000), 61.0)
+    assert len(jb._heap) == len(jb._packets) == 0  # every played timestamp left the heap
+
+
 # -- bounds and adaptation -----------------------------------------------------------
 
 
