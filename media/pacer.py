@@ -146,9 +146,6 @@ class Pacer:
     in that tick. A subscriber that raises is logged and removed; the others go on.
     `on_lateness` (e.g. a Prometheus Histogram's observe) receives each tick's lateness,
     `on_skipped` (e.g. a Counter's inc) the number of ticks dropped after each stall.
-    `phase` puts the ticks on the clock's grid t = phase (mod period) instead of starting
-    at run(): processes on one host clock (stream workers) given evenly spread phases
-    tick at evenly spread moments, so their bursts of work do not land on the CPUs at once.
     A Pacer runs once: start() (or await run()), then stop().
     """
 
@@ -161,16 +158,12 @@ class Pacer:
         late_after: float = 0.005,
         on_lateness: Callable[[float], None] | None = None,
         on_skipped: Callable[[int], None] | None = None,
-        phase: float | None = None,
     ) -> None:
         if not period > 0:
             raise ValueError(f"pacer period must be positive, got {period}")
         if max_catch_up < 0:
             raise ValueError(f"max_catch_up must be >= 0, got {max_catch_up}")
-        if phase is not None and not math.isfinite(phase):
-            raise ValueError(f"pacer phase must be a finite number of seconds, got {phase}")
         self._clock = clock
-        self._phase = phase
         self._period = period
         self._max_catch_up = max_catch_up
         self._late_after = late_after
@@ -238,17 +231,15 @@ class Pacer:
         return task
 
     async def run(self) -> None:
-        """Tick until stop(). Tick 0 is due at the time run() starts, or with a phase at
-        the first moment on its grid from then on."""
+        """Tick until stop(). Tick 0 is due at the time run() starts."""
         if self._schedule is not None:
             raise RuntimeError("a Pacer runs once")
         current = asyncio.current_task()
         if self._task is None:
             self._task = current
-        start = self._clock.now()
-        if self._phase is not None:
-            start += (self._phase - start) % self._period
-        schedule = PaceSchedule(start, self._period, self._max_catch_up, self._late_after)
+        schedule = PaceSchedule(
+            self._clock.now(), self._period, self._max_catch_up, self._late_after
+        )
         self._schedule = schedule
         try:
             while not self._stopping:

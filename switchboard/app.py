@@ -15,7 +15,7 @@ from aiohttp import web
 from dialplan.loader import Dialplan, load_file
 from dialplan.matcher import NoRoute
 from media.clock import Clock, MonotonicClock
-from media.pacer import PERIOD, Pacer
+from media.pacer import Pacer
 from pipeline.leg import CallHandler, CallInfo
 from pipeline.metrics import Metrics
 from sip.endpoint import CallRefused, EndpointSettings
@@ -190,18 +190,6 @@ class Switchboard:
             await web.TCPSite(self._runner, http.listen, http.port).start()
         log.info("HTTP listening on %s:%d (/metrics, /healthz, /readyz)", http.listen, http.port)
 
-    def _pacer_phase(self) -> float | None:
-        """Worker i of N ticks i/N of a period after worker 0, the main process halfway
-        between workers 0 and 1: each process's 20 ms burst of media work gets the CPUs
-        while the others wait for theirs. (Random phases measured worse at 300 Twilio
-        streams on 2 workers: bursts that coincide make ticks late.) A lone process
-        starts its ticks when it likes."""
-        if self.worker is not None:
-            return self.worker.index * PERIOD / self.worker.count
-        if self.workers is not None:
-            return PERIOD / (2 * self.workers.count)
-        return None
-
     async def start(self) -> None:
         await self._listen()
         # Models load once per process, before the first call can arrive (seconds).
@@ -214,8 +202,7 @@ class Switchboard:
         gc.collect()
         gc.freeze()
         self.pacer = Pacer(self.clock, on_lateness=self.metrics.pacer_lateness_seconds.observe,
-                           on_skipped=self.metrics.pacer_skipped_ticks_total.inc,
-                           phase=self._pacer_phase())
+                           on_skipped=self.metrics.pacer_skipped_ticks_total.inc)
         self.pacer.start()
         if self.worker is not None:
             await self.streams.start(self.pacer, reuse_port=True)  # AudioSocket's port shared

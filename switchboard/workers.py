@@ -68,10 +68,6 @@ class StreamWorkers:
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
-    @property
-    def count(self) -> int:
-        return len(self._workers)
-
     # -- lifetime ------------------------------------------------------------------------
 
     async def start(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -354,30 +353,3 @@ async def test_outside_cancellation_is_not_swallowed() -> None:
     await settle()
     assert task.cancelled()
     await pacer.stop()  # nothing left to stop
-
-
-@pytest.mark.parametrize("phase", [0.010, 0.070, -0.010])  # the same grid, mod 0.020
-async def test_a_phase_puts_tick_0_on_its_grid(phase: float) -> None:
-    clock = ManualClock(10.003)
-    pacer = Pacer(clock, phase=phase)
-    seen: list[int] = []
-    pacer.add(seen.append)
-    pacer.start()
-    await settle()
-    assert seen == []  # 10.003 is off the grid t = 0.010 (mod 0.020): wait for 10.010
-    clock.advance(0.0069)
-    await settle()
-    assert seen == []
-    clock.advance(0.0002)
-    await settle()
-    assert seen == [0]
-    clock.advance(PERIOD)
-    await settle()
-    assert seen == [0, 1]
-    await pacer.stop()
-
-
-def test_a_phase_must_be_a_number_of_seconds() -> None:
-    for bad in (math.nan, math.inf):
-        with pytest.raises(ValueError, match="phase"):
-            Pacer(ManualClock(), phase=bad)
