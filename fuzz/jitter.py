@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from media import _jitter  # not built: every input fails, which is the point
 from media.jitter import PyJitterBuffer
 from media.rtp import RtpPacket
 
@@ -29,11 +28,14 @@ _ARRIVALS = (math.nan, math.inf, -math.inf, 1e9, -5.0, 3, 0.0, 1e-9)
 _POP_STEPS = (0.0, 0.001, 0.5, -0.1, 2.5, 60.0, math.nan, math.inf)
 
 
-class _Quiet:
-    """Shared by both buffers; its count is rewound between them, so they get the same
-    answers exactly when they call it at the same points."""
+class Quiet:
+    """An is_quiet callback both buffers share (here and in tests/media/test_jitter.py):
+    its answers depend on the packet and on how many calls came before (truthy and falsy
+    objects of several types), and every `fail`-th call raises. Its count is rewound
+    between the buffers, so they get the same answers exactly when they call it at the
+    same points."""
 
-    def __init__(self, fail: int) -> None:
+    def __init__(self, fail: int = 0) -> None:
         self.calls = 0
         self.fail = fail
 
@@ -59,7 +61,7 @@ def _same_slot(a: object, b: object) -> bool:
     )
 
 
-def _call(buffers: tuple[object, object], quiet: _Quiet | None, name: str, *args: object) -> None:
+def _call(buffers: tuple[object, object], quiet: Quiet | None, name: str, *args: object) -> None:
     outcomes = []
     start = quiet.calls if quiet is not None else 0
     for jb in buffers:
@@ -91,7 +93,11 @@ def test_one_input(data: bytes) -> None:
     rate, ticks = _CLOCKS[head & 3]
     lo, hi, initial = _DELAYS[(head >> 2) & 3]
     quantile = 0.5 if head & 0x10 else 0.97
-    quiet = (None, None, _Quiet(0), _Quiet(7))[head >> 6]
+    quiet = (None, None, Quiet(0), Quiet(7))[head >> 6]
+    # Imported here, so the tests can share Quiet where the C type is not built; here
+    # that means every input fails, which is the point.
+    from media import _jitter
+
     buffers = tuple(
         cls(rate, ticks, lo, hi, initial_delay=initial, quantile=quantile, is_quiet=quiet)
         for cls in (PyJitterBuffer, _jitter.JitterBuffer)

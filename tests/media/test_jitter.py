@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzz.jitter import Quiet
 from media import jitter
 from media.jitter import JitterSlot, JitterStats, PyJitterBuffer
 from media.netsim import NetConditions, NetSim
@@ -550,27 +551,6 @@ def test_constructor_errors_are_the_same(
             cls(*args, **kwargs)
         errors.append((type(info.value), str(info.value)))
     assert errors[0] == errors[1]
-
-
-class QuietError(Exception):
-    pass
-
-
-class Quiet:
-    """An is_quiet callback both buffers share: its answers depend on the packet and on how
-    many calls came before (truthy and falsy objects of several types), and every
-    `fail`-th call raises. Mirror rewinds the count for the second buffer, so both get the
-    same answers if, and only if, they call it at the same points."""
-
-    def __init__(self, fail: int = 0) -> None:
-        self.calls = 0
-        self.fail = fail
-
-    def __call__(self, packet: RtpPacket) -> object:
-        self.calls += 1
-        if self.fail and self.calls % self.fail == 0:
-            raise QuietError(self.calls)
-        return (0, 1, [], "q", None, 2.5, False, True)[(packet.sequence + self.calls) % 8]
 
 
 QUIETS: dict[str, Callable[[], Quiet | None]] = {
