@@ -1068,12 +1068,13 @@ static PyObject *JB_note_foreign(JB *s, PyObject *const *args, Py_ssize_t nargs,
     Py_DECREF(ssrc);
     if (other < 0) return NULL;
     if (other || !s->seqs.has) Py_RETURN_NONE;
-    int64_t seq;
+    int64_t seq, highest = s->seqs.highest;
     PyObject *value = field(packet, F_SEQUENCE);
     if (value == NULL) return NULL;
     int failed = unwrap(&s->seqs, value, 16, &seq);
     Py_DECREF(value);
     if (failed) return NULL;
+    if (seq > highest) seen_shift(s->seen, seq - highest); /* the window follows highest */
     if ((!s->has_last || seq > s->last_seq) && foreign_add(s, seq) < 0) return NULL;
     Py_RETURN_NONE;
 }

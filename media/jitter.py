@@ -434,9 +434,12 @@ class PyJitterBuffer:
     def note_foreign(self, packet: RtpPacket) -> None:
         """A packet of this stream that carries no audio for us (RFC 4733 events, comfort
         noise) took a sequence number: its gap is not a loss."""
-        if packet.ssrc != self._ssrc or self._seqs.highest is None:
+        highest = self._seqs.highest
+        if packet.ssrc != self._ssrc or highest is None:
             return
         seq = self._seqs.unwrap(packet.sequence)
+        if seq > highest:  # the duplicate window follows the highest sequence number
+            self._seen = (self._seen << (seq - highest)) & _SEEN_MASK
         if self._last_seq is None or seq > self._last_seq:
             self._foreign.add(seq)
             if len(self._foreign) > _SEEN_BITS:  # bounded: forget the oldest

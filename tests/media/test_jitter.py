@@ -160,6 +160,22 @@ def test_duplicates_are_dropped_and_counted_even_after_playout(jb_type: type[Buf
     assert jb.stats.late == 0
 
 
+def test_a_foreign_packet_keeps_the_duplicate_window_aligned(jb_type: type[Buffer]) -> None:
+    # Audio 0-9 with 4 lost, a DTMF event takes the next sequence number, audio goes on
+    # (its timestamps continue: the event had none of its own). A copy of 5, long played,
+    # is a duplicate; with the window one off it was read as 4's missing bit and as late.
+    jb = jb_type(RATE, TICKS)
+    audio = [(i * FRAME, pkt(i)) for i in range(10) if i != 4]
+    audio += [(i * FRAME, pkt(i + 1, ts0=50_000 - TICKS)) for i in range(10, 20)]
+    play(jb, audio[:9], 10 * FRAME)
+    jb.note_foreign(RtpPacket(101, 1010, 0, 0x1234, b"\x01\x00\x00\xa0"))
+    play(jb, audio[9:], 0.6, start=10 * FRAME)
+    late = jb.stats.late
+    assert not jb.push(pkt(5), 0.6)
+    assert jb.stats.duplicate == 1 and jb.stats.late == late
+    assert jb.stats.lost == 1  # 4; the event's sequence number is not a loss
+
+
 def test_same_timestamp_under_another_sequence_number_is_a_duplicate(jb_type: type[Buffer]) -> None:
     jb = jb_type(RATE, TICKS)
     assert jb.push(pkt(0), 0.0)
