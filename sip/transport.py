@@ -18,6 +18,7 @@ An optional FloodGuard (sip.flood) drops messages from flooding sources before p
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import logging
 import socket
@@ -61,6 +62,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_PICK_ATTEMPTS = 20  # port 0: tries at a number free for both UDP and TCP
 
 def _addr(raw: tuple) -> Addr:  # type: ignore[type-arg]
     return (str(raw[0]), int(raw[1]))
@@ -183,23 +186,23 @@ class SipTransport:
         self, host: str, port: int, transports: tuple[str, ...] = ("udp", "tcp"), *,
         tls_port: int = 5061, tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        """Bind the listeners. Port 0 picks a free UDP port, and TCP takes the same one.
-        TLS (inbound only: we answer on the connection, never open one) listens on
-        `tls_port` with `tls_context`."""
+        """Bind the listeners. Port 0 picks a free UDP port, and TCP takes the same one
+        (another if TCP has that number in use). TLS (inbound only: we answer on the
+        connection, never open one) listens on `tls_port` with `tls_context`."""
         loop = asyncio.get_running_loop()
         if "tls" in transports and tls_context is None:
             raise ValueError("SIP over TLS needs a certificate and key (tls_context)")
-        if "udp" in transports:
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: _Udp(self), local_addr=(host, port)
-            )
-            self._udp = udp  # type: ignore[assignment]
-            port = _addr(udp.get_extra_info("sockname"))[1]
-        if "tcp" in transports:
-            self._server = await loop.create_server(
-                lambda: _Tcp(self), host, port, reuse_address=True
-            )
-            port = _addr(self._server.sockets[0].getsockname())[1]
+        for attempt in range(_PICK_ATTEMPTS if port == 0 else 1):
+            try:
+                port_used = await self._bind_udp_tcp(loop, host, port, transports)
+                break
+            except OSError as exc:
+                # A free UDP number can be a TCP port in use: any outgoing connection
+                # takes one from the same ephemeral range. Pick again.
+                if port != 0 or exc.errno != errno.EADDRINUSE or attempt == _PICK_ATTEMPTS - 1:
+                    raise
+                log.debug("SIP: UDP port free but TCP's in use (%s); picking another", exc)
+        port = port_used
         if "tls" in transports:
             self._tls_server = await loop.create_server(
                 lambda: _Tcp(self, "tls"), host, tls_port, ssl=tls_context, reuse_address=True,
@@ -211,6 +214,29 @@ class SipTransport:
         self._sweeper = loop.create_task(self._sweep_idle(), name="sip-tcp-idle")
         log.info("SIP listening on %s:%d (%s)%s", host, port, "+".join(transports).upper(),
                  f", TLS on {self.tls_port}" if self._tls_server is not None else "")
+
+    async def _bind_udp_tcp(self, loop: asyncio.AbstractEventLoop, host: str, port: int,
+                            transports: tuple[str, ...]) -> int:
+        """The UDP and TCP listeners on one port number, or neither: on failure the UDP
+        one is closed again."""
+        if "udp" in transports:
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Udp(self), local_addr=(host, port)
+            )
+            self._udp = udp  # type: ignore[assignment]
+            port = _addr(udp.get_extra_info("sockname"))[1]
+        if "tcp" in transports:
+            try:
+                self._server = await loop.create_server(
+                    lambda: _Tcp(self), host, port, reuse_address=True
+                )
+            except OSError:
+                if self._udp is not None:
+                    self._udp.close()
+                    self._udp = None
+                raise
+            port = _addr(self._server.sockets[0].getsockname())[1]
+        return port
 
     async def stop(self) -> None:
         if self._sweeper is not None:

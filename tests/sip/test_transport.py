@@ -251,3 +251,52 @@ async def test_handler_bug_costs_one_message_not_the_listener(udp_peer) -> None:
                 await asyncio.sleep(0.01)
     finally:
         await transport.stop()
+
+
+async def test_port_0_picks_again_when_tcp_has_the_udp_number_in_use() -> None:
+    # The UDP number port 0 gets can be a TCP port in use (outgoing connections take
+    # theirs from the same range): hold TCP listeners on the next numbers UDP picks.
+    taken: list[socket.socket] = []
+    real_bind = asyncio.get_running_loop().create_datagram_endpoint
+    first_udp: list[int] = []
+
+    async def udp_then_block_tcp(*args, **kwargs):  # type: ignore[no-untyped-def]
+        udp, proto = await real_bind(*args, **kwargs)
+        number = udp.get_extra_info("sockname")[1]
+        if len(first_udp) < 2:  # the first two picks: TCP has that number in use
+            first_udp.append(number)
+            blocker = socket.socket()
+            blocker.bind(("127.0.0.1", number))
+            blocker.listen()
+            taken.append(blocker)
+        return udp, proto
+
+    loop = asyncio.get_running_loop()
+    loop.create_datagram_endpoint = udp_then_block_tcp  # type: ignore[method-assign]
+    transport = SipTransport(Inbox(), clock=ManualClock(), metrics=Metrics(CollectorRegistry()))
+    try:
+        await transport.start("127.0.0.1", 0)
+        port = transport.port
+        assert port not in first_udp  # picked again, twice
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the earlier UDP
+            s.bind(("127.0.0.1", first_udp[0]))  # sockets were closed: free again
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass  # TCP listens on the UDP number
+    finally:
+        del loop.create_datagram_endpoint
+        await transport.stop()
+        for blocker in taken:
+            blocker.close()
+
+
+async def test_a_fixed_port_in_use_is_an_error_not_a_retry() -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        transport = SipTransport(Inbox(), clock=ManualClock(),
+                                 metrics=Metrics(CollectorRegistry()))
+        with pytest.raises(OSError, match="address already in use"):
+            await transport.start("127.0.0.1", port)
+        assert transport._udp is None  # the UDP half it did bind was let go
+        await transport.stop()
