@@ -29,7 +29,7 @@ _POP_STEPS = (0.0, 0.001, 0.5, -0.1, 2.5, 60.0, math.nan, math.inf)
 
 
 class Quiet:
-    """An is_quiet callback both buffers share (here and in tests/media/test_jitter.py):
+    """An is_quiet callback both buffers share (here and in tests/media/test_jitter_c.py):
     its answers depend on the packet and on how many calls came before (truthy and falsy
     objects of several types), and every `fail`-th call raises. Its count is rewound
     between the buffers, so they get the same answers exactly when they call it at the

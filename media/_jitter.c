@@ -48,7 +48,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* media.jitter's constants (tests/media/test_jitter.py checks that they agree). */
+/* media.jitter's constants (tests/media/test_jitter_c.py checks that they agree). */
 #define BUCKET 0.005
 #define HISTORY 250
 #define BASE_WINDOW 2.0

@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import soxr
 
+from tests.media.jitter_support import IMPLEMENTATIONS
+
 SPEECH_TEXT = (
     "Thank you for calling. Please tell me, in a few words, how I can help you today. "
     "You can ask about your order, your bill, or our opening hours."
@@ -70,3 +72,9 @@ def speech_clip(tmp_path_factory: pytest.TempPathFactory) -> dict[int, np.ndarra
         np.savez(cache, **clips)
     with np.load(cache) as stored:
         return {int(key[1:]): stored[key] for key in stored.files}
+
+
+@pytest.fixture(scope="module", params=IMPLEMENTATIONS)  # module scope: fine with hypothesis
+def jb_type(request: pytest.FixtureRequest) -> type:
+    """The jitter buffer class under test: the Python reference, then the C type."""
+    return request.param  # type: ignore[no-any-return]
