@@ -61,9 +61,6 @@ def _count(n: int) -> np.ndarray:
     return got
 
 
-_to_pcm = round_to_pcm  # rounds its argument in place: pass arrays nobody reads after
-
-
 class G711Plc:
     """Concealment state for one stream. Feed every real frame through frame_ok() and call
     conceal() for every lost one; both return the PCM to play (delayed by delay_samples)."""
@@ -130,7 +127,7 @@ class G711Plc:
             gain = max(0.0, 1.0 - (self._erased - 1) * _ATTENUATION)
             frame[:olen] = _crossfade(synthetic * gain, frame[:olen])
             self._erased = 0
-            pcm = _to_pcm(frame)
+            pcm = round_to_pcm(frame)
         return self._save(bytes(pcm))
 
     # -- lost frames -----------------------------------------------------------------
@@ -141,7 +138,8 @@ class G711Plc:
         count = 2 * sub if samples is None else samples
         if count <= 0 or count % sub:
             raise ValueError(f"conceal() needs a positive multiple of {sub} samples, got {count}")
-        return b"".join(self._save(_to_pcm(self._synthesise_sub())) for _ in range(count // sub))
+        subs = (round_to_pcm(self._synthesise_sub()) for _ in range(count // sub))
+        return b"".join(self._save(pcm) for pcm in subs)
 
     def _synthesise_sub(self) -> np.ndarray:
         """One 10 ms sub-frame of concealment, following the Appendix I schedule."""
@@ -184,7 +182,8 @@ class G711Plc:
         self._smooth_loop_point()
         if touch_history:  # not yet played (output delay): blend the real end into the loop
             cut = 2 * self._overlap
-            self._history = self._history[:-cut] + _to_pcm(src[-self._overlap :].copy())
+            # round_to_pcm rounds in place, and the loop reads src again: a copy
+            self._history = self._history[:-cut] + round_to_pcm(src[-self._overlap :].copy())
 
     def _smooth_loop_point(self) -> None:
         """End of the loop = real end cross-faded into what precedes the loop's start, so

@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 _PICK_ATTEMPTS = 20  # port 0: tries at a number free for both UDP and TCP
 
+
 def _addr(raw: tuple) -> Addr:  # type: ignore[type-arg]
     return (str(raw[0]), int(raw[1]))
 
@@ -192,17 +193,18 @@ class SipTransport:
         loop = asyncio.get_running_loop()
         if "tls" in transports and tls_context is None:
             raise ValueError("SIP over TLS needs a certificate and key (tls_context)")
-        for attempt in range(_PICK_ATTEMPTS if port == 0 else 1):
+        picks = _PICK_ATTEMPTS if port == 0 else 1
+        for pick in range(1, picks + 1):
             try:
-                port_used = await self._bind_udp_tcp(loop, host, port, transports)
+                bound = await self._bind_udp_tcp(loop, host, port, transports)
                 break
             except OSError as exc:
                 # A free UDP number can be a TCP port in use: any outgoing connection
                 # takes one from the same ephemeral range. Pick again.
-                if port != 0 or exc.errno != errno.EADDRINUSE or attempt == _PICK_ATTEMPTS - 1:
+                if exc.errno != errno.EADDRINUSE or pick == picks:
                     raise
                 log.debug("SIP: UDP port free but TCP's in use (%s); picking another", exc)
-        port = port_used
+        port = bound
         if "tls" in transports:
             self._tls_server = await loop.create_server(
                 lambda: _Tcp(self, "tls"), host, tls_port, ssl=tls_context, reuse_address=True,

@@ -199,7 +199,7 @@ def test_output_is_the_same_sample_for_sample_as_the_plain_numpy_version() -> No
     fast = G711Plc(RATE)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(plc_module, "_crossfade", crossfade)
-        mp.setattr(plc_module, "_to_pcm", to_pcm)
+        mp.setattr(plc_module, "round_to_pcm", to_pcm)
         plain = G711Plc(RATE)
         expected = []
         draws = rng.random(len(sig) // 320)
